@@ -1,0 +1,51 @@
+"""`manage.py prepare_audio`: prepare every pending AudioFile."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ... import service
+from ...runs import EXIT_FILES_FAILED, EXIT_NOT_STARTED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
+
+EPILOG = f"""exit status:
+  {EXIT_OK}    every file ended done, no_speech or skipped
+  {EXIT_FILES_FAILED}    the run finished, but some files failed (see the run log)
+  {EXIT_NOT_STARTED}    the run could not start or was aborted (bad option, decoder or VAD
+       model unusable, output folder not writable); no file changed state
+  {EXIT_SIGINT}  stopped by SIGINT (Ctrl-C); unfinished files went back to pending
+  {EXIT_SIGTERM}  stopped by SIGTERM; unfinished files went back to pending
+"""
+
+
+class Command(BaseCommand):
+    help = (
+        "Decode pending audio files, convert them to 16 kHz mono 16-bit PCM, detect speech "
+        "and write the speech segments with a JSON-lines manifest."
+    )
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        from argparse import RawDescriptionHelpFormatter
+
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.formatter_class = RawDescriptionHelpFormatter
+        parser.epilog = EPILOG
+        return parser
+
+    def add_arguments(self, parser) -> None:
+        service.add_prepare_arguments(parser)
+
+    def handle(self, *args, **options) -> None:
+        interactive_progress = self._called_from_command_line and self.stderr.isatty()
+        try:
+            summary = service.prepare(
+                options,
+                stdout=self.stdout,
+                style=self.style,
+                progress_stream=self.stderr if interactive_progress else None,
+            )
+        except service.PrepareUsageError as exc:
+            raise CommandError(str(exc), returncode=EXIT_NOT_STARTED) from exc
+        if summary is None:
+            return
+        if summary.exit_code != EXIT_OK and self._called_from_command_line:
+            raise CommandError(service.failure_message(summary), returncode=summary.exit_code)

@@ -1,0 +1,331 @@
+"""Decode any common format to 16 kHz mono 16-bit PCM, and write WAV files.
+
+Decoding uses PyAV, whose wheels ship the FFmpeg libraries, so no system
+package is needed. The container is probed from the content, never from the
+file name. Audio is produced as a stream of chunks, so memory does not grow
+with the duration of the recording.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import OUTPUT_SAMPLE_RATE
+from .errors import DecodeError, EmptyInputError, EnvironmentCheckError, InputIOError, OutputError
+
+try:
+    import av
+    import av.logging
+except ImportError as exc:  # pragma: no cover - exercised through check_decoder()
+    av = None
+    _AV_IMPORT_ERROR = exc
+else:
+    _AV_IMPORT_ERROR = None
+
+with warnings.catch_warnings():
+    # pydub warns at import when no ffmpeg program is on PATH. It is only used
+    # here to write WAV files, which needs no external program.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    from pydub import AudioSegment
+
+RAW_PCM_SUFFIXES = (".pcm", ".raw", ".s16", ".s16le")
+# Decoded chunks are gathered to about this many output samples before they
+# are handed on, which keeps per-chunk Python overhead low.
+CHUNK_SAMPLES = OUTPUT_SAMPLE_RATE // 2
+MAX_DECODE_WARNINGS_KEPT = 5
+
+
+@dataclass
+class SourceInfo:
+    """What the probe and the decoder found out about one source file."""
+
+    container: str = ""
+    codec: str = ""
+    sample_rate: int = 0
+    channels: int = 0
+    # Seconds of audio actually decoded, not the duration the header claims.
+    duration: float = 0.0
+    header_duration: float | None = None
+    decode_warnings: list[str] = field(default_factory=list)
+    num_decode_errors: int = 0
+
+    @property
+    def header_mismatch(self) -> bool:
+        if self.header_duration is None or self.duration <= 0:
+            return False
+        return abs(self.header_duration - self.duration) > max(0.1, 0.02 * self.duration)
+
+
+def check_decoder() -> str:
+    """Decode a generated WAV in memory; return the decoder's version or raise."""
+    if av is None:
+        raise EnvironmentCheckError(
+            f"decoder not found: the 'av' package (PyAV) cannot be imported ({_AV_IMPORT_ERROR}); "
+            "install it with 'pip install av'"
+        )
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(np.zeros(800, dtype="<i2").tobytes())
+    buffer.seek(0)
+    try:
+        with av.open(buffer) as container:
+            num_samples = sum(frame.samples for frame in container.decode(audio=0))
+    except Exception as exc:
+        raise EnvironmentCheckError(f"decoder not usable: PyAV {av.__version__} failed to decode a test WAV: {exc}") from exc
+    if num_samples != 800:
+        raise EnvironmentCheckError(f"decoder not usable: decoded {num_samples} of 800 test samples")
+    return f"PyAV {av.__version__}"
+
+
+def check_source(path: str) -> int:
+    """Return the size of a readable regular file, or raise a categorised error."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError as exc:
+        if os.path.islink(path):
+            raise InputIOError(f"not found: dangling symbolic link to {os.readlink(path)!r}") from exc
+        raise InputIOError("not found") from exc
+    except PermissionError as exc:
+        raise InputIOError("permission denied") from exc
+    except OSError as exc:
+        raise InputIOError(f"cannot stat file: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise InputIOError(f"not a regular file: the path is {kind}")
+    if not os.access(path, os.R_OK):
+        raise InputIOError("permission denied")
+    if info.st_size == 0:
+        raise EmptyInputError("0 bytes")
+    return info.st_size
+
+
+def file_checksum(path: str) -> str:
+    """Return the SHA-256 of a file's bytes as hex, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError as exc:
+        raise InputIOError("not found") from exc
+    except PermissionError as exc:
+        raise InputIOError("permission denied") from exc
+    except OSError as exc:
+        raise InputIOError(f"read failed: {exc.strerror or exc}") from exc
+    return digest.hexdigest()
+
+
+def _ffmpeg_detail(exc: Exception, logs: list) -> str:
+    """Return the most useful line of an FFmpeg failure, without its banner."""
+    messages = [message.strip() for level, _name, message in logs if level <= av.logging.ERROR and message.strip()]
+    if messages:
+        return messages[-1]
+    text = str(exc)
+    if "] " in text and text.startswith("[Errno"):
+        text = text.split("] ", 1)[1]
+    return text.split(": '", 1)[0]
+
+
+def _open_container(path: str, logs: list):
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except FileNotFoundError as exc:
+        raise InputIOError("not found") from exc
+    except PermissionError as exc:
+        raise InputIOError("permission denied") from exc
+    except IsADirectoryError as exc:
+        raise InputIOError("not a regular file: the path is a directory") from exc
+    except av.error.FFmpegError as exc:
+        detail = _ffmpeg_detail(exc, logs)
+        if path.lower().endswith(RAW_PCM_SUFFIXES):
+            raise DecodeError(f"headerless PCM not supported ({detail})") from exc
+        if "Invalid data found" in detail:
+            raise DecodeError("not an audio file (no known container or codec matches its content)") from exc
+        raise DecodeError(detail) from exc
+    except (OSError, ValueError, IndexError, KeyError, RuntimeError) as exc:
+        raise DecodeError(f"cannot open: {type(exc).__name__}: {exc}") from exc
+
+
+class PcmStream:
+    """Iterate a source file as 16 kHz mono int16 chunks.
+
+    Use as a context manager. `info` is filled while iterating and is
+    complete once the iterator is exhausted.
+    """
+
+    def __init__(self, path: str, channel: str = "mix") -> None:
+        self.path = path
+        self.channel = channel
+        self.info = SourceInfo()
+        self._container = None
+        self._log_capture = None
+        self._logs: list = []
+
+    def __enter__(self) -> PcmStream:
+        if av is None:
+            raise EnvironmentCheckError(f"decoder not found: the 'av' package cannot be imported ({_AV_IMPORT_ERROR})")
+        self._log_capture = av.logging.Capture(local=True)
+        self._logs = self._log_capture.__enter__()
+        self._container = _open_container(self.path, self._logs)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._container is not None:
+            self._container.close()
+        if self._log_capture is not None:
+            self._log_capture.__exit__(*exc_info)
+
+    def _select_stream(self):
+        container = self._container
+        info = self.info
+        info.container = container.format.name
+        if not container.streams.audio:
+            kinds = sorted({stream.type for stream in container.streams})
+            found = f" (found {', '.join(kinds)})" if kinds else ""
+            raise DecodeError(f"no audio stream{found}")
+        stream = container.streams.audio[0]
+        codec = stream.codec_context
+        info.codec = codec.name
+        info.sample_rate = int(codec.sample_rate or stream.rate or 0)
+        info.channels = int(codec.channels or 0)
+        if stream.duration is not None and stream.time_base is not None:
+            info.header_duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            info.header_duration = container.duration / 1_000_000
+        if info.sample_rate <= 0:
+            raise DecodeError(f"invalid sample rate {info.sample_rate} in {info.codec} stream")
+        return stream
+
+    def _frames(self, stream) -> Iterator:
+        """Yield decoded frames, skipping packets the decoder rejects."""
+        info = self.info
+        try:
+            packets = self._container.demux(stream)
+            for packet in packets:
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError as exc:
+                    info.num_decode_errors += 1
+                    if len(info.decode_warnings) < MAX_DECODE_WARNINGS_KEPT:
+                        info.decode_warnings.append(_ffmpeg_detail(exc, self._logs))
+                    continue
+                yield from frames
+        except av.error.FFmpegError as exc:
+            raise DecodeError(_ffmpeg_detail(exc, self._logs)) from exc
+        except (MemoryError, ValueError, IndexError, KeyError, RuntimeError, OSError) as exc:
+            raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _to_mono(self, planes: np.ndarray) -> np.ndarray:
+        if planes.shape[0] == 1:
+            return planes[0]
+        if self.channel == "left":
+            return planes[0]
+        if self.channel == "right":
+            return planes[1]
+        return planes.mean(axis=0, dtype=np.float32)
+
+    def _to_int16(self, mono: np.ndarray) -> np.ndarray:
+        scaled = np.rint(mono * 32768.0)
+        np.clip(scaled, -32768, 32767, out=scaled)
+        return scaled.astype(np.int16)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        stream = self._select_stream()
+        # Resampling keeps all channels, so a chosen channel can be taken after
+        # it; libswresample's default filter attenuates content above the
+        # output Nyquist frequency by more than 60 dB.
+        resampler = av.AudioResampler(format="fltp", layout=None, rate=OUTPUT_SAMPLE_RATE)
+        pending: list[np.ndarray] = []
+        pending_samples = 0
+        decoded_seconds = 0.0
+        for frame in self._frames(stream):
+            if frame.sample_rate:
+                decoded_seconds += frame.samples / frame.sample_rate
+            try:
+                converted = resampler.resample(frame)
+            except (av.error.FFmpegError, ValueError) as exc:
+                raise DecodeError(f"resampling failed: {_ffmpeg_detail(exc, self._logs)}") from exc
+            for out in converted:
+                mono = self._to_mono(out.to_ndarray())
+                pending.append(mono)
+                pending_samples += mono.shape[0]
+            if pending_samples >= CHUNK_SAMPLES:
+                yield self._to_int16(np.concatenate(pending))
+                pending, pending_samples = [], 0
+        for out in resampler.resample(None):
+            pending.append(self._to_mono(out.to_ndarray()))
+        self.info.duration = decoded_seconds
+        if pending:
+            chunk = self._to_int16(np.concatenate(pending))
+            if chunk.size:
+                yield chunk
+        if decoded_seconds <= 0:
+            if self.info.num_decode_errors:
+                raise DecodeError(f"no decodable audio: {self.info.decode_warnings[0]}")
+            raise EmptyInputError("no samples")
+
+
+def decode_to_pcm(path: str, channel: str = "mix") -> tuple[np.ndarray, SourceInfo]:
+    """Decode a whole file to one int16 array; for tests and small files."""
+    with PcmStream(path, channel) as stream:
+        chunks = list(stream)
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    return samples, stream.info
+
+
+def write_wav_atomic(path: Path, samples: np.ndarray) -> None:
+    """Write 16 kHz mono 16-bit PCM to `path` through a temporary file.
+
+    The data is flushed and fsynced before the rename, so `path` holds either
+    nothing or a complete file, even after a crash.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    segment = AudioSegment(
+        data=np.ascontiguousarray(samples, dtype="<i2").tobytes(),
+        sample_width=2,
+        frame_rate=OUTPUT_SAMPLE_RATE,
+        channels=1,
+    )
+    try:
+        with open(temporary, "wb") as stream:
+            segment.export(stream, format="wav")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"no space left on device writing {path}") from exc
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def fsync_directory(path: Path) -> None:
+    """Make renames inside `path` durable; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

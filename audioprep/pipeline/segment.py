@@ -1,0 +1,215 @@
+"""Segmentation policy: per-frame speech decisions to padded speech segments.
+
+The policy is one online state machine, so segments close while the audio
+is still streaming and memory stays bounded by the maximum segment length:
+
+1. A frame is speech when the detector's score reaches the speech threshold;
+   once in speech it stays speech until the score falls below the release
+   threshold (hysteresis). With the energy gate on, a frame must also be
+   `energy_gate_db` above the running noise floor.
+2. A speech span closes after `min_silence_ms` without speech. Spans shorter
+   than `min_speech_ms` are dropped.
+3. A span that would exceed `max_segment_s` (padding included) is cut at the
+   quietest frame of its second half: the best pause, not a hard cut.
+4. Each segment gets `pad_ms` of context on both sides, limited to half the
+   gap to its neighbour so padded segments never overlap. Pieces of a cut
+   span meet exactly at the cut, without padding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import OUTPUT_SAMPLE_RATE, PrepConfig
+
+# The noise floor is the 10th percentile of frame levels over this many
+# seconds of recent audio.
+NOISE_FLOOR_WINDOW_S = 10.0
+NOISE_FLOOR_PERCENTILE = 10
+SILENCE_DBFS = -100.0
+
+
+@dataclass(frozen=True)
+class Span:
+    """A segment in output samples: [start, end)."""
+
+    start: int
+    end: int
+
+
+def frame_levels_dbfs(frames: np.ndarray) -> np.ndarray:
+    """Return the RMS level of each int16 frame in dBFS (-100 for digital silence)."""
+    values = frames.astype(np.float32) / 32768.0
+    power = np.mean(values * values, axis=1)
+    with np.errstate(divide="ignore"):
+        levels = 10.0 * np.log10(power)
+    return np.maximum(levels, SILENCE_DBFS)
+
+
+class Segmenter:
+    """Turn a stream of frame scores into closed, padded spans.
+
+    Feed frames in order with `push()`; it returns the spans that became
+    final. `finish()` closes the stream and returns the rest.
+    `retain_from` is the first sample a future span can still include.
+    """
+
+    def __init__(self, config: PrepConfig) -> None:
+        self.config = config
+        frame_ms = config.frame_ms
+        self.frame_samples = config.frame_samples
+        self.min_speech_frames = math.ceil(config.min_speech_ms / frame_ms)
+        self.min_silence_frames = math.ceil(config.min_silence_ms / frame_ms)
+        self.pad_samples = config.pad_ms * OUTPUT_SAMPLE_RATE // 1000
+        max_samples = int(config.max_segment_s * OUTPUT_SAMPLE_RATE) - 2 * self.pad_samples
+        self.max_core_frames = max(self.min_speech_frames + 1, max_samples // self.frame_samples)
+        self.num_frames = 0
+        self._in_speech = False
+        self._levels_history: deque[float] = deque(maxlen=int(NOISE_FLOOR_WINDOW_S * 1000 / frame_ms))
+        # Open span: first frame, last speech frame, and per-frame data kept
+        # for the best-pause search.
+        self._open_start: int | None = None
+        # True when the open span continues a span that was cut at max length.
+        self._open_joined = False
+        self._last_speech = -1
+        self._open_levels: list[float] = []
+        self._open_speech: list[bool] = []
+        # Closed spans in frames, waiting for padding: (start, end, joined_before).
+        self._closed: list[tuple[int, int, bool]] = []
+        # End (in samples, padding included) of the last emitted span.
+        self._emitted_end = 0
+        self._last_core_end = 0
+
+    # -- frame decisions -------------------------------------------------
+
+    def _noise_floor(self, levels: np.ndarray) -> float:
+        self._levels_history.extend(levels.tolist())
+        return float(np.percentile(np.fromiter(self._levels_history, dtype=np.float32), NOISE_FLOOR_PERCENTILE))
+
+    def decide(self, scores: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """Apply hysteresis and the energy gate to one block of frames."""
+        config = self.config
+        gate = None
+        if config.energy_gate_db > 0:
+            gate = self._noise_floor(levels) + config.energy_gate_db
+        decisions = np.zeros(scores.shape[0], dtype=bool)
+        in_speech = self._in_speech
+        for i, score in enumerate(scores.tolist()):
+            threshold = config.release_threshold if in_speech else config.speech_threshold
+            in_speech = score >= threshold
+            if gate is not None and levels[i] < gate:
+                in_speech = False
+            decisions[i] = in_speech
+        self._in_speech = in_speech
+        return decisions
+
+    # -- span state machine ----------------------------------------------
+
+    def push(self, scores: np.ndarray, levels: np.ndarray) -> list[Span]:
+        decisions = self.decide(scores, levels)
+        for is_speech, level in zip(decisions.tolist(), levels.tolist()):
+            self._step(is_speech, level)
+        return self._release(final=False)
+
+    def finish(self) -> list[Span]:
+        if self._open_start is not None:
+            self._close(self._last_speech + 1)
+        return self._release(final=True)
+
+    def _step(self, is_speech: bool, level: float) -> None:
+        frame = self.num_frames
+        self.num_frames += 1
+        if self._open_start is None:
+            if is_speech:
+                self._open_start = frame
+                self._last_speech = frame
+                self._open_levels = [level]
+                self._open_speech = [True]
+            return
+        self._open_levels.append(level)
+        self._open_speech.append(is_speech)
+        if is_speech:
+            self._last_speech = frame
+        if frame - self._last_speech >= self.min_silence_frames:
+            self._close(self._last_speech + 1)
+        elif frame + 1 - self._open_start > self.max_core_frames:
+            self._split()
+
+    def _close(self, end: int) -> None:
+        start = self._open_start
+        if self._open_joined or end - start >= self.min_speech_frames:
+            self._closed.append((start, end, self._open_joined))
+        self._open_start = None
+        self._open_joined = False
+        self._open_levels = []
+        self._open_speech = []
+
+    def _split(self) -> None:
+        """Cut the open span at the quietest frame of its second half."""
+        start = self._open_start
+        levels = np.asarray(self._open_levels, dtype=np.float32)
+        speech = np.asarray(self._open_speech, dtype=bool)
+        half = len(levels) // 2
+        # Prefer frames the detector called non-speech; among them, the quietest.
+        candidates = levels[half:] + np.where(speech[half:], 200.0, 0.0)
+        cut = start + half + int(np.argmin(candidates))
+        if self._last_speech < cut:
+            self._close(self._last_speech + 1)
+            return
+        self._closed.append((start, cut, self._open_joined))
+        self._open_start = cut
+        self._open_joined = True
+        self._open_levels = self._open_levels[cut - start :]
+        self._open_speech = self._open_speech[cut - start :]
+
+    # -- padding ------------------------------------------------------------
+
+    def _release(self, final: bool) -> list[Span]:
+        """Pad and return closed spans whose right neighbour is known."""
+        frame_samples = self.frame_samples
+        released = []
+        while self._closed:
+            start, end, joined_before = self._closed[0]
+            end_sample = end * frame_samples
+            if len(self._closed) > 1:
+                next_start, _next_end, next_joined = self._closed[1]
+                gap = next_start * frame_samples - end_sample
+                pad_after = 0 if next_joined else min(self.pad_samples, gap // 2)
+            elif self._open_start is not None:
+                gap = self._open_start * frame_samples - end_sample
+                pad_after = 0 if self._open_joined else min(self.pad_samples, gap // 2)
+            elif final:
+                pad_after = min(self.pad_samples, max(0, self.num_frames * frame_samples - end_sample))
+            elif (self.num_frames * frame_samples - end_sample) >= 2 * self.pad_samples:
+                pad_after = self.pad_samples
+            else:
+                break
+            start_sample = start * frame_samples
+            if joined_before:
+                padded_start = start_sample
+            else:
+                gap_before = start_sample - self._last_core_end
+                pad_before = min(self.pad_samples, gap_before // 2 if self._emitted_end else start_sample)
+                padded_start = max(self._emitted_end, start_sample - pad_before)
+            span = Span(padded_start, end_sample + pad_after)
+            released.append(span)
+            self._emitted_end = span.end
+            self._last_core_end = end_sample
+            self._closed.pop(0)
+        return released
+
+    @property
+    def retain_from(self) -> int:
+        """Return the first output sample that a span not yet released may include."""
+        frame_samples = self.frame_samples
+        if self._closed:
+            first = self._closed[0][0] * frame_samples
+        elif self._open_start is not None:
+            first = self._open_start * frame_samples
+        else:
+            first = self.num_frames * frame_samples
+        return max(self._emitted_end, first - self.pad_samples)

@@ -1,0 +1,557 @@
+"""Run the pipeline over pending `AudioFile` rows: asyncio queue + process pool.
+
+`PrepareAudio.fetch` claims rows in batches and puts one task per file on
+a bounded `QueueManager` queue; `num_workers` `PrepareAudio.worker`
+coroutines take tasks and await `process_audio_sync` in a
+`ProcessPoolExecutor`. Only this process writes to the database, always
+from one dedicated thread, so the event loop never blocks on a query and a
+run holds one database connection.
+
+Usage, once Django is set up::
+
+    audio_preparer = PrepareAudio()
+    asyncio.run(audio_preparer.fetch(model_for_vad=Path("webrtc"), output_dir=Path("out"), num_workers=4))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from django.db import connections
+from loguru import logger
+
+from . import conf, ledger, runs
+from .logs import WorkerLogForwarder, add_run_log
+from .models import AudioFile, PrepRun
+from .pipeline import worker_state
+from .pipeline.audio_io import check_decoder
+from .pipeline.config import WEBRTC_MODEL, PrepConfig
+from .pipeline.errors import EnvironmentCheckError, PrepError, format_reason
+from .pipeline.process import PrepResult, PrepTask, process_audio_sync
+from .pipeline.vad.webrtc import check_webrtcvad
+from .pipeline.worker import initialize_worker
+
+# How many times a run rebuilds a broken process pool before it aborts.
+MAX_POOL_REBUILDS = 5
+COMMIT_BATCH_SIZE = 64
+# Status of a result whose file goes back to pending without counting the attempt.
+REQUEUE = "requeue"
+
+
+class RunStartError(Exception):
+    """The run could not start; no row was changed."""
+
+
+class QueueManager:
+    """A bounded `asyncio.Queue` of tasks between the claimer and the workers.
+
+    The bound keeps memory flat however many rows are pending: rows are
+    claimed only when the queue has room.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
+
+    @property
+    def free_slots(self) -> int:
+        return self.queue.maxsize - self.queue.qsize()
+
+    async def put(self, item) -> None:
+        await self.queue.put(item)
+
+    async def get(self):
+        return await self.queue.get()
+
+    def task_done(self) -> None:
+        self.queue.task_done()
+
+    def drain(self) -> list:
+        """Remove and return every queued item (used when a run stops early)."""
+        items = []
+        while True:
+            try:
+                items.append(self.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return items
+            self.queue.task_done()
+
+
+def resolve_config(config: PrepConfig | None, model_for_vad) -> PrepConfig:
+    """Return the run's config with `model_for_vad` applied (None keeps the config's)."""
+    if config is None:
+        config = PrepConfig.from_dict(dict(conf.get("SEGMENTATION")) | {"vad_model": conf.get("VAD_MODEL")})
+    if model_for_vad is None or str(model_for_vad) == "":
+        return config
+    model = str(model_for_vad)
+    if model != WEBRTC_MODEL:
+        model = str(Path(model).expanduser().resolve())
+    values = config.as_dict() | {"vad_model": model}
+    return PrepConfig.from_dict(values)
+
+
+def check_environment(config: PrepConfig) -> None:
+    """Raise RunStartError unless the decoder and the VAD work."""
+    try:
+        check_decoder()
+        if config.vad_model == WEBRTC_MODEL:
+            check_webrtcvad()
+        else:
+            from .pipeline.vad.silero import check_model
+
+            check_model(config.vad_model)
+    except PrepError as exc:
+        raise RunStartError(exc.reason()) from exc
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raise RunStartError unless files can be created and renamed in `output_dir`."""
+    probe = output_dir / f".audioprep-write-test-{os.getpid()}"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"audioprep")
+        probe.replace(probe.with_suffix(".renamed"))
+        probe.with_suffix(".renamed").unlink()
+    except OSError as exc:
+        raise RunStartError(
+            format_reason("io", f"output folder {output_dir} is not writable: {exc.strerror or exc}; "
+                          "choose another with --output_dir or AUDIOPREP_OUTPUT_DIR")
+        ) from exc
+
+
+class PrepareAudio:
+    """Prepare every pending `AudioFile` with a pool of worker processes.
+
+    Arguments other than `config` bound or steer the run: `limit` caps how
+    many files it claims, `retry_failed` requeues failed files first,
+    `recover_stale` takes back every claim left by runs that died without
+    waiting for their leases to expire, and `on_progress` is called with
+    the summary so far after each committed batch.
+    """
+
+    def __init__(
+        self,
+        config: PrepConfig | None = None,
+        *,
+        limit: int | None = None,
+        retry_failed: bool = False,
+        recover_stale: bool = False,
+        on_progress: Callable[[runs.RunSummary], None] | None = None,
+        log_level: str = "DEBUG",
+    ) -> None:
+        self.config = config
+        self.limit = limit
+        self.retry_failed = retry_failed
+        self.recover_stale = recover_stale
+        self.on_progress = on_progress
+        self.log_level = log_level
+        self.max_attempts = int(conf.get("MAX_ATTEMPTS"))
+        self.lease_seconds = int(conf.get("LEASE_SECONDS"))
+        self.grace_seconds = float(conf.get("STOP_GRACE_SECONDS"))
+        self.start_method = conf.get("START_METHOD")
+        self.summary: runs.RunSummary | None = None
+        self.run: PrepRun | None = None
+        self.queue_manager: QueueManager | None = None
+        self._db_executor: ThreadPoolExecutor | None = None
+        self._executor: ProcessPoolExecutor | None = None
+        self._slot_table = None
+        self._pool_generation = 0
+        self._pool_rebuilds = 0
+        self._pool_lock: asyncio.Lock | None = None
+        self._culprits: dict[int, dict[int, int]] = {}
+        self._num_workers = 0
+        self._results: asyncio.Queue | None = None
+        self._stop_signal: int | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._abort_reason = ""
+        self._in_flight = 0
+        self._progress = runs.RunSummary(run_id=None, status=PrepRun.Status.RUNNING)
+        self._token = ""
+        self._output_dir = Path(".")
+        self._context = None
+        self._log_forwarder: WorkerLogForwarder | None = None
+
+    # -- database thread ---------------------------------------------------
+
+    async def _db(self, function, *args, **kwargs):
+        """Run a synchronous ORM call in the run's single database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_executor, lambda: function(*args, **kwargs))
+
+    @staticmethod
+    def _close_db_connections() -> None:
+        connections.close_all()
+
+    # -- the seed's public API ---------------------------------------------
+
+    async def fetch(self, model_for_vad: Path | str | None = None, output_dir: Path | str | None = None, num_workers: int = 1) -> None:
+        """Fetch and process pending audio files with `num_workers` worker processes.
+
+        Claims rows off the event loop, runs `worker` coroutines over a pool
+        of processes, records every result, and leaves the outcome in
+        `self.summary` and on the `PrepRun` row. Raises RunStartError, with
+        no row changed, when the decoder, the VAD model or the output folder
+        is unusable.
+        """
+        if num_workers < 1:
+            raise RunStartError(format_reason("config", f"num_workers must be at least 1, got {num_workers}"))
+        config = resolve_config(self.config, model_for_vad)
+        self.config = config
+        self._output_dir = Path(output_dir or conf.output_dir()).expanduser().resolve()
+        check_environment(config)
+        check_output_dir(self._output_dir)
+
+        self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audioprep-db")
+        try:
+            await self._run(config, num_workers)
+        finally:
+            await self._db(self._close_db_connections)
+            self._db_executor.shutdown(wait=True)
+
+    async def worker(self, worker_id: int, model_for_vad: Path | str | None, output_dir: Path | str, executor: ProcessPoolExecutor) -> None:
+        """Take tasks from the queue and prepare each in the process pool.
+
+        `model_for_vad` and `output_dir` are part of every task already; the
+        pool in use is the run's current one, which replaces `executor` if
+        a worker process died and the pool was rebuilt.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            task = await self.queue_manager.get()
+            if task is None:
+                self.queue_manager.task_done()
+                return
+            self._in_flight += 1
+            try:
+                result = await self._prepare_one(loop, task, executor)
+                await self._results.put(result)
+            finally:
+                self._in_flight -= 1
+                self.queue_manager.task_done()
+
+    # -- run lifecycle -------------------------------------------------------
+
+    async def _run(self, config: PrepConfig, num_workers: int) -> None:
+        started = time.monotonic()
+        self.run = await self._db(runs.open_run, config, num_workers, self._output_dir)
+        run = self.run
+        self._token = f"{socket.gethostname()[:40]}:{os.getpid()}:{run.pk}"
+        log = logger.bind(run_id=run.pk)
+        sink_id = add_run_log(Path(run.log_path), run.pk, self.log_level)
+        try:
+            requeued, gave_up = await self._db(ledger.recover_stale, self.max_attempts, self.recover_stale, self._token)
+            if requeued or gave_up:
+                log.warning("took back {} stale claims ({} ended failed after {} attempts)", requeued + gave_up, gave_up, self.max_attempts)
+            if self.retry_failed:
+                log.info("requeued {} failed files", await self._db(ledger.requeue_failed))
+            pending = await self._db(ledger.count_pending)
+            planned = min(pending, self.limit) if self.limit is not None else pending
+            log.info(
+                "run {} started: {} files to prepare ({} pending), {} workers, VAD {}, output {}, parameters {} (hash {})",
+                run.pk, planned, pending, num_workers, config.vad_model, self._output_dir, config.as_dict(), config.config_hash(),
+            )
+            status, reason, released = await self._process_all(config, num_workers, log)
+        except BaseException as exc:
+            released = await self._db(ledger.release, self._token)
+            status = PrepRun.Status.INTERRUPTED if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else PrepRun.Status.ABORTED
+            await self._db(runs.finalize_run, run, status, format_reason("run", f"{type(exc).__name__}: {exc}"), released)
+            log.opt(exception=exc).error("run {} {}: {}", run.pk, status, exc)
+            logger.remove(sink_id)
+            raise
+        await self._db(runs.write_manifests, run, self._output_dir)
+        summary = await self._db(runs.finalize_run, run, status, reason, released)
+        summary.elapsed = time.monotonic() - started
+        summary.exit_code = self._exit_code(summary)
+        self.summary = summary
+        log.info(
+            "run {} {}: {} done, {} no speech, {} failed, {} skipped, {} released; {} segments, {:.3f} h speech, {:.1f} s",
+            run.pk, summary.status, summary.num_done, summary.num_no_speech, summary.num_failed, summary.num_skipped,
+            summary.num_released, summary.num_segments, summary.speech_seconds / 3600, summary.elapsed,
+        )
+        logger.remove(sink_id)
+
+    def _exit_code(self, summary: runs.RunSummary) -> int:
+        if self._stop_signal == signal.SIGINT:
+            return runs.EXIT_SIGINT
+        if self._stop_signal == signal.SIGTERM:
+            return runs.EXIT_SIGTERM
+        if summary.status == PrepRun.Status.ABORTED:
+            return runs.EXIT_NOT_STARTED
+        return runs.EXIT_FILES_FAILED if summary.num_failed else runs.EXIT_OK
+
+    async def _process_all(self, config: PrepConfig, num_workers: int, log) -> tuple[str, str, int]:
+        """Run claimer, workers, committer and lease renewer until done or stopped."""
+        self.queue_manager = QueueManager(maxsize=2 * num_workers)
+        self._results = asyncio.Queue()
+        self._stop_event = asyncio.Event()
+        self._pool_lock = asyncio.Lock()
+        self._context = multiprocessing.get_context(self.start_method)
+        self._log_forwarder = WorkerLogForwarder(self._context, self.run.pk)
+        self._log_forwarder.start()
+        # Forked children must not inherit an open database socket.
+        await self._db(self._close_db_connections)
+        self._start_pool(num_workers)
+        self._install_signal_handlers()
+        committer = asyncio.create_task(self._committer(log), name="audioprep-committer")
+        renewer = asyncio.create_task(self._renew_leases(), name="audioprep-lease-renewer")
+        workers = [
+            asyncio.create_task(self.worker(i, config.vad_model, self._output_dir, self._executor), name=f"audioprep-worker-{i}")
+            for i in range(num_workers)
+        ]
+        try:
+            await self._claim_loop(config, log)
+            if self._stop_signal is not None:
+                released_ids = [task.audio_file_id for task in self.queue_manager.drain() if task is not None]
+                await self._db(ledger.release, self._token, released_ids)
+            for _ in workers:
+                await self.queue_manager.put(None)
+            await self._wait_for_workers(workers, log)
+            await self._results.put(None)
+            await committer
+        finally:
+            renewer.cancel()
+            self._remove_signal_handlers()
+            for task in [*workers, committer]:
+                if not task.done():
+                    task.cancel()
+            self._shutdown_pool()
+            self._log_forwarder.stop()
+        released = await self._db(ledger.release, self._token)
+        if self._abort_reason:
+            return PrepRun.Status.ABORTED, self._abort_reason, released
+        if self._stop_signal is not None:
+            name = signal.Signals(self._stop_signal).name
+            return PrepRun.Status.INTERRUPTED, format_reason("signal", f"stopped by {name}"), released
+        if self._progress.num_failed:
+            return PrepRun.Status.COMPLETED_WITH_ERRORS, "", released
+        return PrepRun.Status.COMPLETED, "", released
+
+    async def _claim_loop(self, config: PrepConfig, log) -> None:
+        claimed_total = 0
+        while not self._stopping:
+            remaining = None if self.limit is None else self.limit - claimed_total
+            if remaining is not None and remaining <= 0:
+                return
+            free = self.queue_manager.free_slots
+            if free <= 0:
+                await asyncio.sleep(0.02)
+                continue
+            size = free if remaining is None else min(free, remaining)
+            claims = await self._db(ledger.claim_batch, self.run, self._token, size, self.lease_seconds)
+            if not claims:
+                # Files a dead worker held come back to pending while their
+                # neighbours are still in flight; keep claiming until idle.
+                if self._in_flight == 0 and self.queue_manager.queue.empty() and self._results.empty():
+                    return
+                await asyncio.sleep(0.1)
+                continue
+            claimed_total += len(claims)
+            for claim in claims:
+                task = PrepTask(claim.audio_file_id, claim.path, str(self._output_dir), config, self.run.pk)
+                await self.queue_manager.put(task)
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop_signal is not None or bool(self._abort_reason)
+
+    async def _wait_for_workers(self, workers: list[asyncio.Task], log) -> None:
+        if self._stop_signal is None:
+            await asyncio.gather(*workers)
+            return
+        done, pending = await asyncio.wait(workers, timeout=self.grace_seconds)
+        if pending:
+            log.warning("{} files still in flight after the {:.0f} s grace period; stopping their workers", len(pending), self.grace_seconds)
+            self._terminate_pool()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- process pool ------------------------------------------------------------
+
+    def _start_pool(self, num_workers: int) -> None:
+        self._slot_table = worker_state.new_table(self._context, num_workers)
+        self._executor = ProcessPoolExecutor(
+            max_workers=num_workers,
+            mp_context=self._context,
+            initializer=initialize_worker,
+            initargs=(self._log_forwarder.queue, self.log_level, self._slot_table),
+        )
+        self._pool_generation += 1
+        self._num_workers = num_workers
+
+    def _shutdown_pool(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _terminate_pool(self) -> None:
+        """Kill the pool's processes at once (in-flight work is lost and requeued)."""
+        executor = self._executor
+        if executor is None:
+            return
+        for process in list((executor._processes or {}).values()):
+            if process.is_alive():
+                process.terminate()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def _dead_workers(self, executor: ProcessPoolExecutor) -> dict[int, int]:
+        """Return {pid: exit code} of the pool's processes that died."""
+        dead = {}
+        for pid, process in list((executor._processes or {}).items()):
+            process.join(timeout=0.5)
+            if process.exitcode not in (None, 0):
+                dead[pid] = process.exitcode
+        return dead
+
+    async def _prepare_one(self, loop, task: PrepTask, executor: ProcessPoolExecutor) -> PrepResult:
+        executor = self._executor or executor
+        generation = self._pool_generation
+        table = self._slot_table
+        try:
+            return await loop.run_in_executor(executor, process_audio_sync, task)
+        except BrokenProcessPool:
+            pass
+        culprits = await self._handle_broken_pool(generation, executor, table)
+        exit_code = culprits.get(task.audio_file_id)
+        if exit_code is not None:
+            return self._worker_death_result(task, exit_code)
+        # Another file's worker died, or the run is stopping: hand it back.
+        return PrepResult(task.audio_file_id, status=REQUEUE)
+
+    async def _handle_broken_pool(self, generation: int, executor: ProcessPoolExecutor, table) -> dict[int, int]:
+        """Find which files the dead processes held and rebuild the pool once.
+
+        Returns {audio_file_id: exit code} for the files whose own worker
+        died; every coroutine that saw this pool break gets the same answer.
+        """
+        async with self._pool_lock:
+            if generation in self._culprits:
+                return self._culprits[generation]
+            holders = worker_state.holders(table)
+            dead = self._dead_workers(executor)
+            culprits = {holders[pid]: code for pid, code in dead.items() if pid in holders}
+            self._culprits[generation] = culprits
+            if self._stopping:
+                return culprits
+            self._pool_rebuilds += 1
+            log = logger.bind(run_id=self.run.pk)
+            if self._pool_rebuilds > MAX_POOL_REBUILDS:
+                self._abort_reason = format_reason("worker", f"worker processes died {self._pool_rebuilds} times; giving up")
+                log.error("{}", self._abort_reason)
+                return culprits
+            log.warning(
+                "worker process died (exit codes {}, files {}); rebuilding the pool ({} of at most {})",
+                sorted(dead.values()), sorted(culprits), self._pool_rebuilds, MAX_POOL_REBUILDS,
+            )
+            executor.shutdown(wait=False, cancel_futures=True)
+            self._start_pool(self._num_workers)
+            return culprits
+
+    def _worker_death_result(self, task: PrepTask, exit_code: int) -> PrepResult:
+        if exit_code < 0:
+            number = -exit_code
+            hint = " (possibly out of memory)" if number == signal.SIGKILL else ""
+            detail = f"terminated by signal {number} ({signal.Signals(number).name}){hint}"
+        else:
+            detail = f"worker process exited with status {exit_code}"
+        return PrepResult(task.audio_file_id, status="failed", reason=format_reason("worker", detail), flags=["worker_died"])
+
+    # -- committer, leases, signals -----------------------------------------------
+
+    async def _committer(self, log) -> None:
+        finished = False
+        while not finished:
+            batch = [await self._results.get()]
+            while len(batch) < COMMIT_BATCH_SIZE and not self._results.empty():
+                batch.append(self._results.get_nowait())
+            if batch[-1] is None:
+                batch.pop()
+                finished = True
+            if batch:
+                await self._commit(batch, log)
+
+    async def _commit(self, batch: list[PrepResult], log) -> None:
+        requeue = [result.audio_file_id for result in batch if result.status == REQUEUE]
+        if requeue:
+            await self._db(ledger.release, self._token, requeue)
+            for audio_file_id in requeue:
+                log.bind(audio_file_id=audio_file_id).warning("file {} handed back unfinished; it will be prepared again", audio_file_id)
+        results = [result for result in batch if result.status != REQUEUE]
+        recorded = await self._db(ledger.commit_results, self.run, self._token, results, self.config.config_hash(), self.max_attempts)
+        for result, status in recorded:
+            self._count(result, status)
+            file_log = log.bind(audio_file_id=result.audio_file_id)
+            if status == AudioFile.Status.DONE:
+                file_log.info("file {} done: {} segments, {:.2f} s speech of {:.2f} s, {:.3f} s", result.audio_file_id, len(result.segments),
+                              sum(segment.duration for segment in result.segments), result.duration or 0.0, result.elapsed)
+            elif status == AudioFile.Status.NO_SPEECH:
+                file_log.info("file {} no_speech: {:.2f} s decoded, no speech found", result.audio_file_id, result.duration or 0.0)
+            elif status == AudioFile.Status.PENDING:
+                file_log.warning("file {} requeued: {}", result.audio_file_id, result.reason)
+            else:
+                file_log.error("file {} failed: {}", result.audio_file_id, result.reason)
+            if result.decode_warnings:
+                file_log.warning("file {} decoded with {} warnings: {}", result.audio_file_id, len(result.decode_warnings), "; ".join(result.decode_warnings))
+        if self.on_progress is not None:
+            self.on_progress(self._progress)
+
+    def _count(self, result: PrepResult, status: str) -> None:
+        progress = self._progress
+        if status == AudioFile.Status.DONE:
+            progress.num_done += 1
+            progress.num_segments += len(result.segments)
+            progress.speech_seconds += sum(segment.duration for segment in result.segments)
+        elif status == AudioFile.Status.NO_SPEECH:
+            progress.num_no_speech += 1
+        elif status == AudioFile.Status.FAILED:
+            progress.num_failed += 1
+        if status != AudioFile.Status.PENDING:
+            progress.num_selected += 1
+            progress.audio_seconds += result.duration or 0.0
+
+    async def _renew_leases(self) -> None:
+        interval = max(1.0, self.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._db(ledger.renew_leases, self._token, self.lease_seconds)
+            except Exception as exc:  # a missed renewal is retried next interval
+                logger.bind(run_id=self.run.pk).warning("lease renewal failed: {}", exc)
+
+    def _install_signal_handlers(self) -> None:
+        self._installed_signals = []
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+                self._installed_signals.append(signum)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in getattr(self, "_installed_signals", []):
+            loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        log = logger.bind(run_id=self.run.pk)
+        if self._stop_signal is None:
+            self._stop_signal = signum
+            log.warning(
+                "{} received: no new files; in-flight files get {:.0f} s to finish; send it again to stop at once",
+                signal.Signals(signum).name, self.grace_seconds,
+            )
+            return
+        log.warning("{} received again: stopping at once", signal.Signals(signum).name)
+        self.grace_seconds = 0
+        self._terminate_pool()

@@ -1,0 +1,203 @@
+"""Open and close `PrepRun` rows and write the manifests.
+
+These functions are synchronous; `PrepareAudio` calls them from its
+database thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from .models import AudioFile, FileResult, PrepRun, Segment
+from .pipeline.config import PrepConfig
+
+MANIFEST_NAME = "manifest.jsonl"
+MANIFESTS_DIRNAME = "manifests"
+LOGS_DIRNAME = "logs"
+
+# Exit status of prepare_audio, also stated in its --help.
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_NOT_STARTED = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+@dataclass
+class RunSummary:
+    """Counts and totals of a finished run, as shown on the last line of output."""
+
+    run_id: int | None
+    status: str
+    num_selected: int = 0
+    num_done: int = 0
+    num_no_speech: int = 0
+    num_failed: int = 0
+    num_skipped: int = 0
+    num_released: int = 0
+    num_segments: int = 0
+    audio_seconds: float = 0.0
+    speech_seconds: float = 0.0
+    elapsed: float = 0.0
+    log_path: str = ""
+    manifest_path: str = ""
+    reason: str = ""
+    exit_code: int = EXIT_OK
+
+    def line(self) -> str:
+        return (
+            f"run {self.run_id} {self.status}: {self.num_selected} files, {self.num_done} done, "
+            f"{self.num_no_speech} no speech, {self.num_failed} failed, {self.num_skipped} skipped; "
+            f"{self.num_segments} segments, {self.speech_seconds / 3600:.3f} h speech from "
+            f"{self.audio_seconds / 3600:.3f} h audio in {self.elapsed:.1f} s"
+        )
+
+
+def open_run(config: PrepConfig, num_workers: int, output_dir: Path) -> PrepRun:
+    run = PrepRun.objects.create(
+        status=PrepRun.Status.RUNNING,
+        config=config.as_dict(),
+        config_hash=config.config_hash(),
+        num_workers=num_workers,
+        vad_model=config.vad_model,
+        output_dir=str(output_dir),
+        host=socket.gethostname()[:255],
+        pid=os.getpid(),
+    )
+    run.log_path = str(output_dir / LOGS_DIRNAME / f"run-{run.pk:06d}.log")
+    run.save(update_fields=["log_path"])
+    return run
+
+
+def record_abort(run: PrepRun, reason: str) -> None:
+    run.status = PrepRun.Status.ABORTED
+    run.reason = reason[:300]
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "reason", "finished_at"])
+
+
+def finalize_run(run: PrepRun, status: str, reason: str = "", num_released: int = 0) -> RunSummary:
+    """Store counts and totals from this run's file results and close the run."""
+    counts = FileResult.objects.filter(run=run).aggregate(
+        selected=Count("id"),
+        done=Count("id", filter=Q(status=AudioFile.Status.DONE)),
+        no_speech=Count("id", filter=Q(status=AudioFile.Status.NO_SPEECH)),
+        failed=Count("id", filter=Q(status=AudioFile.Status.FAILED)),
+        skipped=Count("id", filter=Q(status=AudioFile.Status.SKIPPED)),
+        segments=Sum("num_segments"),
+    )
+    files = AudioFile.objects.filter(results__run=run, results__status__in=AudioFile.TERMINAL)
+    totals = files.aggregate(audio=Sum("duration"))
+    speech = Segment.objects.filter(run=run).aggregate(seconds=Sum("duration"))
+    run.num_done = counts["done"]
+    run.num_no_speech = counts["no_speech"]
+    run.num_failed = counts["failed"]
+    run.num_skipped = counts["skipped"]
+    run.num_released = num_released
+    # Requeued results (a worker died, attempts left) are not terminal; the
+    # file counts once, in its final state, in the run that ends it.
+    run.num_selected = run.num_done + run.num_no_speech + run.num_failed + run.num_skipped + num_released
+    run.num_segments = counts["segments"] or 0
+    run.audio_seconds = round(totals["audio"] or 0.0, 3)
+    run.speech_seconds = round(speech["seconds"] or 0.0, 3)
+    run.status = status
+    run.reason = reason[:300]
+    run.finished_at = timezone.now()
+    run.save()
+    return summarize(run)
+
+
+def summarize(run: PrepRun) -> RunSummary:
+    return RunSummary(
+        run_id=run.pk,
+        status=run.status,
+        num_selected=run.num_selected,
+        num_done=run.num_done,
+        num_no_speech=run.num_no_speech,
+        num_failed=run.num_failed,
+        num_skipped=run.num_skipped,
+        num_released=run.num_released,
+        num_segments=run.num_segments,
+        audio_seconds=run.audio_seconds,
+        speech_seconds=run.speech_seconds,
+        elapsed=run.elapsed or 0.0,
+        log_path=run.log_path,
+        manifest_path=run.manifest_path,
+        reason=run.reason,
+    )
+
+
+def manifest_line(path: str, duration: float, source_id: int, source_path: str, index: int, start: float, end: float) -> str:
+    """Return one manifest record as a JSON line (UTF-8 text, no ASCII escaping)."""
+    record = {
+        "audio_filepath": path,
+        "duration": duration,
+        "source_id": source_id,
+        "source_path": source_path,
+        "segment_index": index,
+        "start": start,
+        "end": end,
+    }
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _write_if_changed(path: Path, lines) -> bool:
+    """Write `lines` to `path` atomically unless it already holds exactly them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    with open(temporary, "w", encoding="utf-8", newline="\n") as stream:
+        for line in lines:
+            stream.write(line)
+            digest.update(line.encode("utf-8"))
+        stream.flush()
+        os.fsync(stream.fileno())
+    if path.exists() and _file_digest(path) == digest.hexdigest():
+        os.unlink(temporary)
+        return False
+    os.replace(temporary, path)
+    return True
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _segment_lines(segments):
+    rows = segments.order_by("audio_file_id", "index").values_list(
+        "path", "duration", "audio_file_id", "audio_file__path", "index", "start", "end"
+    )
+    for values in rows.iterator(chunk_size=2000):
+        yield manifest_line(*values)
+
+
+def write_manifests(run: PrepRun, output_dir: Path) -> Path:
+    """Write this run's manifest and refresh the manifest of all segments.
+
+    `manifest.jsonl` lists every segment in the database whose file lives
+    under `output_dir`; it is rewritten only when its content changes.
+    `manifests/run-NNNNNN.jsonl` lists the segments this run wrote and is
+    written only when there are any.
+    """
+    prefix = str(output_dir) + os.sep
+    all_segments = Segment.objects.filter(path__startswith=prefix)
+    manifest = output_dir / MANIFEST_NAME
+    _write_if_changed(manifest, _segment_lines(all_segments))
+    run_segments = all_segments.filter(run=run)
+    if run_segments.exists():
+        _write_if_changed(output_dir / MANIFESTS_DIRNAME / f"run-{run.pk:06d}.jsonl", _segment_lines(run_segments))
+    run.manifest_path = str(manifest)
+    run.save(update_fields=["manifest_path"])
+    return manifest
