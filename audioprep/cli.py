@@ -1,0 +1,80 @@
+"""Command-line entry point outside manage.py, built with python-fire.
+
+    python -m audioprep prepare_audio --num_workers 4
+    python -m audioprep import_audio /data/recordings
+
+It sets Django up (DJANGO_SETTINGS_MODULE, default `project.settings`) and
+calls the same functions as the management commands, so validation and the
+run record are the same.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    import django
+
+    django.setup()
+
+
+def prepare_audio(
+    num_workers: int | None = None,
+    model_for_vad: str | None = None,
+    output_dir: str | None = None,
+    vad_aggressiveness: int | None = None,
+    min_speech_ms: int | None = None,
+    min_silence_ms: int | None = None,
+    pad_ms: int | None = None,
+    max_segment_s: float | None = None,
+    energy_gate_db: float | None = None,
+    speech_threshold: float | None = None,
+    release_threshold: float | None = None,
+    channel: str | None = None,
+    limit: int | None = None,
+    retry_failed: bool = False,
+    recover_stale: bool = False,
+    dry_run: bool = False,
+    verbosity: int = 1,
+) -> None:
+    """Prepare pending audio files; exits with the status manage.py prepare_audio documents."""
+    options = dict(locals())
+    _setup_django()
+    from django.core.management.base import OutputWrapper
+
+    from . import service
+    from .runs import EXIT_NOT_STARTED
+
+    stdout = OutputWrapper(sys.stdout)
+    try:
+        summary = service.prepare(options, stdout=stdout)
+    except service.PrepareUsageError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(EXIT_NOT_STARTED) from exc
+    if summary is not None and summary.exit_code:
+        sys.stderr.write(f"error: {service.failure_message(summary)}\n")
+        raise SystemExit(summary.exit_code)
+
+
+def import_audio(*paths: str, from_file: str | None = None) -> None:
+    """Register audio files from folders, files or globs."""
+    _setup_django()
+    from .importer import import_paths
+
+    counts = import_paths(paths, [from_file] if from_file else [])
+    for source in counts.missing:
+        sys.stderr.write(f"not found: {source}\n")
+    sys.stdout.write(f"{counts.new} new, {counts.known} already known, {counts.ignored} ignored (not audio)\n")
+
+
+def main() -> None:
+    import fire
+
+    fire.Fire({"prepare_audio": prepare_audio, "import_audio": import_audio})
+
+
+if __name__ == "__main__":
+    main()
