@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "START_METHOD": "spawn",
     # Seconds in-flight files may take to finish after the first SIGINT/SIGTERM.
     "STOP_GRACE_SECONDS": 10,
+    # Fault injection for failure tests; see audioprep.pipeline.process.apply_test_hook.
+    "TEST_HOOK": "",
     # Keyword arguments of audioprep.pipeline.config.PrepConfig.
     "SEGMENTATION": {},
     # Extensions (lowercase) that import_audio registers from folders.

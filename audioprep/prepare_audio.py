@@ -158,6 +158,7 @@ class PrepareAudio:
         self.lease_seconds = int(conf.get("LEASE_SECONDS"))
         self.grace_seconds = float(conf.get("STOP_GRACE_SECONDS"))
         self.start_method = conf.get("START_METHOD")
+        self.test_hook = conf.get("TEST_HOOK")
         self.summary: runs.RunSummary | None = None
         self.run: PrepRun | None = None
         self.queue_manager: QueueManager | None = None
@@ -356,7 +357,7 @@ class PrepareAudio:
                 continue
             claimed_total += len(claims)
             for claim in claims:
-                task = PrepTask(claim.audio_file_id, claim.path, str(self._output_dir), config, self.run.pk)
+                task = PrepTask(claim.audio_file_id, claim.path, str(self._output_dir), config, self.run.pk, self.test_hook)
                 await self.queue_manager.put(task)
 
     @property

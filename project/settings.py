@@ -101,6 +101,8 @@ AUDIOPREP = {
     "MAX_ATTEMPTS": env.int("AUDIOPREP_MAX_ATTEMPTS", default=3),
     "LEASE_SECONDS": env.int("AUDIOPREP_LEASE_SECONDS", default=600),
     "START_METHOD": env.str("AUDIOPREP_START_METHOD", default="spawn"),
+    "STOP_GRACE_SECONDS": env.float("AUDIOPREP_STOP_GRACE_SECONDS", default=10.0),
+    "TEST_HOOK": env.str("AUDIOPREP_TEST_HOOK", default=""),
     "SEGMENTATION": {
         "vad_aggressiveness": env.int("AUDIOPREP_VAD_AGGRESSIVENESS", default=2),
         "min_speech_ms": env.int("AUDIOPREP_MIN_SPEECH_MS", default=250),

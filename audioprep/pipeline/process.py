@@ -37,6 +37,8 @@ class PrepTask:
     output_dir: str
     config: PrepConfig
     run_id: int | None = None
+    # Fault injection for tests (AUDIOPREP["TEST_HOOK"]); empty in normal runs.
+    test_hook: str = ""
 
 
 @dataclass(frozen=True)
@@ -254,11 +256,33 @@ def process_audio_sync(task: PrepTask) -> PrepResult:
     result = PrepResult(audio_file_id=task.audio_file_id, status="failed", worker_pid=os.getpid())
     worker_state.mark(task.audio_file_id)
     try:
+        if task.test_hook:
+            apply_test_hook(task)
         _process(task, result)
     finally:
         worker_state.mark(0)
     result.elapsed = round(time.perf_counter() - started, 6)
     return result
+
+
+def apply_test_hook(task: PrepTask) -> None:
+    """Inject a fault before the file is processed, for failure tests.
+
+    The hook is a comma-separated list of `action=argument` items:
+    `sleep=SECONDS` delays every file; `kill=TEXT` sends SIGKILL to this
+    process and `abort=TEXT` calls os.abort() when the source path contains
+    TEXT (a simulated out-of-memory kill or native crash).
+    """
+    import signal
+
+    for item in task.test_hook.split(","):
+        action, _, argument = item.strip().partition("=")
+        if action == "sleep":
+            time.sleep(float(argument))
+        elif action == "kill" and argument and argument in task.path:
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "abort" and argument and argument in task.path:
+            os.abort()
 
 
 def _process(task: PrepTask, result: PrepResult) -> None:
