@@ -30,6 +30,9 @@ except ImportError as exc:  # pragma: no cover - exercised through check_decoder
     _AV_IMPORT_ERROR = exc
 else:
     _AV_IMPORT_ERROR = None
+    # FFmpeg messages are captured per file (av.logging.Capture) and turned
+    # into reasons and decode warnings; without a level PyAV drops them.
+    av.logging.set_level(av.logging.WARNING)
 
 with warnings.catch_warnings():
     # pydub warns at import when no ffmpeg program is on PATH. It is only used
@@ -58,11 +61,52 @@ class SourceInfo:
     decode_warnings: list[str] = field(default_factory=list)
     num_decode_errors: int = 0
 
+    # Seconds of audio a WAV header's data size announces, when it states one.
+    wav_header_duration: float | None = None
+
     @property
     def header_mismatch(self) -> bool:
-        if self.header_duration is None or self.duration <= 0:
+        if self.duration <= 0:
             return False
-        return abs(self.header_duration - self.duration) > max(0.1, 0.02 * self.duration)
+        for claimed in (self.header_duration, self.wav_header_duration):
+            if claimed is not None and abs(claimed - self.duration) > max(0.1, 0.02 * self.duration):
+                return True
+        return False
+
+
+def wav_header_duration(path: str) -> float | None:
+    """Return the duration a RIFF/WAVE header announces, or None if it states none.
+
+    Streamed and unfinalised files carry 0 or 0xFFFFFFFF as data size; those
+    announce nothing and return None.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as stream:
+            header = stream.read(12)
+            if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+                return None
+            byte_rate = None
+            while True:
+                chunk = stream.read(8)
+                if len(chunk) < 8:
+                    return None
+                chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if chunk_id == b"fmt ":
+                    fmt = stream.read(size)
+                    if len(fmt) >= 12:
+                        byte_rate = struct.unpack("<I", fmt[8:12])[0]
+                    if size % 2:
+                        stream.read(1)
+                elif chunk_id == b"data":
+                    if size in (0, 0xFFFFFFFF) or not byte_rate:
+                        return None
+                    return size / byte_rate
+                else:
+                    stream.seek(size + size % 2, os.SEEK_CUR)
+    except (OSError, struct.error):
+        return None
 
 
 def check_decoder() -> str:
@@ -209,6 +253,8 @@ class PcmStream:
             info.header_duration = container.duration / 1_000_000
         if info.sample_rate <= 0:
             raise DecodeError(f"invalid sample rate {info.sample_rate} in {info.codec} stream")
+        if info.container == "wav":
+            info.wav_header_duration = wav_header_duration(self.path)
         return stream
 
     def _frames(self, stream) -> Iterator:
