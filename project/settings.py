@@ -4,6 +4,7 @@ Every value comes from the environment (or a `.env` file beside
 `manage.py`) through django-environ; `.env.example` lists them all.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -74,7 +75,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
-    DATABASES["default"]["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default=str(VAR_DIR / "test.sqlite3"))}
+    # A file, not memory, so worker threads and subprocesses of the tests share
+    # it; one per test process, so concurrent test runs do not collide.
+    DATABASES["default"]["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default=str(VAR_DIR / f"test-{os.getpid()}.sqlite3"))}
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
