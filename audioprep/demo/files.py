@@ -25,6 +25,9 @@ def encode(path: Path, signal: np.ndarray, sample_rate: int, channels: int, cont
     layout = "stereo" if channels == 2 else "mono"
     with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream(codec, rate=sample_rate, layout=layout)
+        if codec == "vorbis":
+            # FFmpeg's native Vorbis encoder is marked experimental.
+            stream.codec_context.options = {"strict": "experimental"}
         planar = np.repeat(signal[None, :].astype(np.float32), channels, axis=0)
         frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
         frame.sample_rate = sample_rate
