@@ -20,7 +20,7 @@ class AudioFile(models.Model):
 
     path = models.TextField(unique=True, help_text="Path of the source file as registered.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
-    reason = models.CharField(max_length=300, blank=True, help_text="Why the file failed or was skipped: '<category>: <detail>'.")
+    reason = models.CharField(max_length=300, blank=True, help_text="Why the file failed or was skipped, as a category, a colon and the detail.")
     size_bytes = models.BigIntegerField(null=True, blank=True)
     checksum = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the source bytes.")
     container = models.CharField(max_length=64, blank=True)
