@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev,silero]"
+	# The Silero VAD model file for the tests; --no-deps keeps torch out.
+	$(BIN)/python -m pip install --quiet --no-deps silero-vad
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from django.db import connections
+from django.db import OperationalError, connections
 from loguru import logger
 
 from . import conf, ledger, runs
@@ -44,6 +44,10 @@ from .pipeline.worker import initialize_worker
 # How many times a run rebuilds a broken process pool before it aborts.
 MAX_POOL_REBUILDS = 5
 COMMIT_BATCH_SIZE = 64
+# SQLite "database is locked" errors are retried this many times, with the
+# wait doubling from DB_RETRY_FIRST_WAIT seconds; each call is one transaction.
+DB_LOCK_RETRIES = 5
+DB_RETRY_FIRST_WAIT = 0.2
 # Status of a result whose file goes back to pending without counting the attempt.
 REQUEUE = "requeue"
 
@@ -95,7 +99,8 @@ def resolve_config(config: PrepConfig | None, model_for_vad) -> PrepConfig:
     model = str(model_for_vad)
     if model != WEBRTC_MODEL:
         model = str(Path(model).expanduser().resolve())
-    values = config.as_dict() | {"vad_model": model}
+    # An empty hash makes PrepConfig hash the named model file afresh.
+    values = config.as_dict() | {"vad_model": model, "vad_model_sha256": ""}
     return PrepConfig.from_dict(values)
 
 
@@ -173,8 +178,13 @@ class PrepareAudio:
         self._results: asyncio.Queue | None = None
         self._stop_signal: int | None = None
         self._stop_event: asyncio.Event | None = None
+        self._hard_stop_event: asyncio.Event | None = None
+        self._pool_terminated = False
         self._abort_reason = ""
         self._in_flight = 0
+        # Files claimed by this run whose result is not yet recorded or released.
+        self._outstanding = 0
+        self._released = 0
         self._progress = runs.RunSummary(run_id=None, status=PrepRun.Status.RUNNING)
         self._token = ""
         self._output_dir = Path(".")
@@ -184,9 +194,26 @@ class PrepareAudio:
     # -- database thread ---------------------------------------------------
 
     async def _db(self, function, *args, **kwargs):
-        """Run a synchronous ORM call in the run's single database thread."""
+        """Run a synchronous ORM call in the run's single database thread.
+
+        Every ledger and run function is one transaction, so a call that
+        failed because SQLite was locked by another writer is retried whole,
+        with a doubling wait, at most DB_LOCK_RETRIES times.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_executor, lambda: function(*args, **kwargs))
+        wait = DB_RETRY_FIRST_WAIT
+        for attempt in range(DB_LOCK_RETRIES + 1):
+            try:
+                return await loop.run_in_executor(self._db_executor, lambda: function(*args, **kwargs))
+            except OperationalError as exc:
+                if "locked" not in str(exc) or attempt == DB_LOCK_RETRIES:
+                    raise
+                logger.bind(run_id=self.run.pk if self.run else None).warning(
+                    "{} failed: {}; retry {} of {} in {:.1f} s", getattr(function, "__name__", function), exc,
+                    attempt + 1, DB_LOCK_RETRIES, wait,
+                )
+            await asyncio.sleep(wait)
+            wait *= 2
 
     @staticmethod
     def _close_db_connections() -> None:
@@ -217,6 +244,7 @@ class PrepareAudio:
         finally:
             await self._db(self._close_db_connections)
             self._db_executor.shutdown(wait=True)
+            self._restore_signal_handlers()
 
     async def worker(self, worker_id: int, model_for_vad: Path | str | None, output_dir: Path | str, executor: ProcessPoolExecutor) -> None:
         """Take tasks from the queue and prepare each in the process pool.
@@ -233,7 +261,11 @@ class PrepareAudio:
                 return
             self._in_flight += 1
             try:
-                result = await self._prepare_one(loop, task, executor)
+                if self._stopping:
+                    # Dispatching stopped: the file goes back to pending unstarted.
+                    result = PrepResult(task.audio_file_id, status=REQUEUE)
+                else:
+                    result = await self._prepare_one(loop, task, executor)
                 await self._results.put(result)
             finally:
                 self._in_flight -= 1
@@ -260,16 +292,22 @@ class PrepareAudio:
                 "run {} started: {} files to prepare ({} pending), {} workers, VAD {}, output {}, parameters {} (hash {})",
                 run.pk, planned, pending, num_workers, config.vad_model, self._output_dir, config.as_dict(), config.config_hash(),
             )
-            status, reason, released = await self._process_all(config, num_workers, log)
+            status, reason = await self._process_all(config, num_workers, log)
         except BaseException as exc:
-            released = await self._db(ledger.release, self._token)
+            await self._db(ledger.release, self._token)
             status = PrepRun.Status.INTERRUPTED if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else PrepRun.Status.ABORTED
-            await self._db(runs.finalize_run, run, status, format_reason("run", f"{type(exc).__name__}: {exc}"), released)
+            await self._db(runs.finalize_run, run, status, format_reason("run", f"{type(exc).__name__}: {exc}"))
             log.opt(exception=exc).error("run {} {}: {}", run.pk, status, exc)
             logger.remove(sink_id)
             raise
-        await self._db(runs.write_manifests, run, self._output_dir)
-        summary = await self._db(runs.finalize_run, run, status, reason, released)
+        try:
+            await self._db(runs.write_manifests, run, self._output_dir)
+        except OSError as exc:
+            reason = format_reason("output", f"manifest not written: {exc.strerror or exc}")
+            log.error("run {}: {}", run.pk, reason)
+            if status == PrepRun.Status.COMPLETED:
+                status = PrepRun.Status.COMPLETED_WITH_ERRORS
+        summary = await self._db(runs.finalize_run, run, status, reason)
         summary.elapsed = time.monotonic() - started
         summary.exit_code = self._exit_code(summary)
         self.summary = summary
@@ -287,13 +325,16 @@ class PrepareAudio:
             return runs.EXIT_SIGTERM
         if summary.status == PrepRun.Status.ABORTED:
             return runs.EXIT_NOT_STARTED
-        return runs.EXIT_FILES_FAILED if summary.num_failed else runs.EXIT_OK
+        if summary.num_failed or summary.status == PrepRun.Status.COMPLETED_WITH_ERRORS:
+            return runs.EXIT_FILES_FAILED
+        return runs.EXIT_OK
 
-    async def _process_all(self, config: PrepConfig, num_workers: int, log) -> tuple[str, str, int]:
+    async def _process_all(self, config: PrepConfig, num_workers: int, log) -> tuple[str, str]:
         """Run claimer, workers, committer and lease renewer until done or stopped."""
         self.queue_manager = QueueManager(maxsize=2 * num_workers)
         self._results = asyncio.Queue()
         self._stop_event = asyncio.Event()
+        self._hard_stop_event = asyncio.Event()
         self._pool_lock = asyncio.Lock()
         self._context = multiprocessing.get_context(self.start_method)
         self._log_forwarder = WorkerLogForwarder(self._context, self.run.pk)
@@ -303,6 +344,7 @@ class PrepareAudio:
         self._start_pool(num_workers)
         self._install_signal_handlers()
         committer = asyncio.create_task(self._committer(log), name="audioprep-committer")
+        committer.add_done_callback(self._on_committer_done)
         renewer = asyncio.create_task(self._renew_leases(), name="audioprep-lease-renewer")
         workers = [
             asyncio.create_task(self.worker(i, config.vad_model, self._output_dir, self._executor), name=f"audioprep-worker-{i}")
@@ -310,9 +352,6 @@ class PrepareAudio:
         ]
         try:
             await self._claim_loop(config, log)
-            if self._stop_signal is not None:
-                released_ids = [task.audio_file_id for task in self.queue_manager.drain() if task is not None]
-                await self._db(ledger.release, self._token, released_ids)
             for _ in workers:
                 await self.queue_manager.put(None)
             await self._wait_for_workers(workers, log)
@@ -326,17 +365,32 @@ class PrepareAudio:
                     task.cancel()
             self._shutdown_pool()
             self._log_forwarder.stop()
-        released = await self._db(ledger.release, self._token)
+        await self._db(ledger.release, self._token)
         if self._abort_reason:
-            return PrepRun.Status.ABORTED, self._abort_reason, released
+            return PrepRun.Status.ABORTED, self._abort_reason
         if self._stop_signal is not None:
             name = signal.Signals(self._stop_signal).name
-            return PrepRun.Status.INTERRUPTED, format_reason("signal", f"stopped by {name}"), released
+            return PrepRun.Status.INTERRUPTED, format_reason("signal", f"stopped by {name}")
         if self._progress.num_failed:
-            return PrepRun.Status.COMPLETED_WITH_ERRORS, "", released
-        return PrepRun.Status.COMPLETED, "", released
+            return PrepRun.Status.COMPLETED_WITH_ERRORS, ""
+        return PrepRun.Status.COMPLETED, ""
+
+    def _on_committer_done(self, task: asyncio.Task) -> None:
+        """Stop claiming when the committer failed, so the run cannot wait forever."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self._abort_reason = format_reason("db", f"recording results failed: {type(exc).__name__}: {exc}")
+        logger.bind(run_id=self.run.pk).opt(exception=exc).error("{}", self._abort_reason)
+        self._stop_event.set()
 
     async def _claim_loop(self, config: PrepConfig, log) -> None:
+        """Claim rows into the queue until none is left or the run stops.
+
+        A file handed back while the run goes on (its worker's pool broke)
+        is pending again, so the loop ends only once every claimed file has
+        its result recorded, not merely when a claim comes back empty.
+        """
         claimed_total = 0
         while not self._stopping:
             remaining = None if self.limit is None else self.limit - claimed_total
@@ -344,37 +398,59 @@ class PrepareAudio:
                 return
             free = self.queue_manager.free_slots
             if free <= 0:
-                await asyncio.sleep(0.02)
+                await self._sleep_unless_stopped(0.02)
                 continue
             size = free if remaining is None else min(free, remaining)
             claims = await self._db(ledger.claim_batch, self.run, self._token, size, self.lease_seconds)
             if not claims:
-                # Files a dead worker held come back to pending while their
-                # neighbours are still in flight; keep claiming until idle.
-                if self._in_flight == 0 and self.queue_manager.queue.empty() and self._results.empty():
+                if self._outstanding == 0:
                     return
-                await asyncio.sleep(0.1)
+                await self._sleep_unless_stopped(0.1)
                 continue
             claimed_total += len(claims)
+            self._outstanding += len(claims)
             for claim in claims:
                 task = PrepTask(claim.audio_file_id, claim.path, str(self._output_dir), config, self.run.pk, self.test_hook)
                 await self.queue_manager.put(task)
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
 
     @property
     def _stopping(self) -> bool:
         return self._stop_signal is not None or bool(self._abort_reason)
 
     async def _wait_for_workers(self, workers: list[asyncio.Task], log) -> None:
-        if self._stop_signal is None:
+        """Wait for the worker coroutines; after a stop signal, for at most the grace period.
+
+        Queued files are handed back as soon as the run stops (see `worker`).
+        Files still in flight when the grace period ends, or when a second
+        signal arrives, are stopped by terminating the pool and handed back.
+        """
+        all_done = asyncio.ensure_future(asyncio.wait(workers))
+        stopped = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({all_done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if all_done.done():
             await asyncio.gather(*workers)
             return
-        done, pending = await asyncio.wait(workers, timeout=self.grace_seconds)
+        hard_stop = asyncio.ensure_future(self._hard_stop_event.wait())
+        try:
+            await asyncio.wait({all_done, hard_stop}, timeout=self.grace_seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hard_stop.cancel()
+        pending = [task for task in workers if not task.done()]
         if pending:
-            log.warning("{} files still in flight after the {:.0f} s grace period; stopping their workers", len(pending), self.grace_seconds)
+            if self._stop_signal is not None:
+                log.warning("{} workers still busy after the stop request; terminating the pool", len(pending))
             self._terminate_pool()
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*workers, return_exceptions=True)
+        all_done.cancel()
 
     # -- process pool ------------------------------------------------------------
 
@@ -393,24 +469,52 @@ class PrepareAudio:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def _pool_processes(self) -> list[multiprocessing.process.BaseProcess]:
+        """Return the live worker processes of the current pool.
+
+        Uses only public APIs: the pids the workers wrote into the slot
+        table, matched against this process's live multiprocessing children.
+        """
+        if self._slot_table is None:
+            return []
+        pids = worker_state.pids(self._slot_table)
+        return [process for process in multiprocessing.active_children() if process.pid in pids]
+
     def _terminate_pool(self) -> None:
-        """Kill the pool's processes at once (in-flight work is lost and requeued)."""
+        """Kill the pool's processes at once; their files are handed back."""
         executor = self._executor
         if executor is None:
             return
-        for process in list((executor._processes or {}).values()):
-            if process.is_alive():
-                process.terminate()
+        self._pool_terminated = True
+        for process in self._pool_processes():
+            process.terminate()
         executor.shutdown(wait=False, cancel_futures=True)
 
-    def _dead_workers(self, executor: ProcessPoolExecutor) -> dict[int, int]:
-        """Return {pid: exit code} of the pool's processes that died."""
+    @staticmethod
+    def _dead_workers(executor: ProcessPoolExecutor) -> dict[int, int]:
+        """Return {pid: exit code} of the pool's processes that died.
+
+        NOTE: exit codes are only available through the executor's private
+        `_processes` map (Python 3.11-3.13); without it no file is blamed
+        and the files in flight are retried with their attempt counted.
+        """
         dead = {}
-        for pid, process in list((executor._processes or {}).items()):
+        for pid, process in list((getattr(executor, "_processes", None) or {}).items()):
             process.join(timeout=0.5)
             if process.exitcode not in (None, 0):
                 dead[pid] = process.exitcode
         return dead
+
+    @staticmethod
+    def _culprit_codes(dead: dict[int, int]) -> dict[int, int]:
+        """Return the deaths that broke the pool, without the executor's own kills.
+
+        When one worker dies, the executor terminates the others with
+        SIGTERM; those are bystanders. Only when every death is a SIGTERM
+        (someone sent it to a worker) are they all suspects.
+        """
+        first = {pid: code for pid, code in dead.items() if code != -signal.SIGTERM}
+        return first or dead
 
     async def _prepare_one(self, loop, task: PrepTask, executor: ProcessPoolExecutor) -> PrepResult:
         executor = self._executor or executor
@@ -420,41 +524,60 @@ class PrepareAudio:
             return await loop.run_in_executor(executor, process_audio_sync, task)
         except BrokenProcessPool:
             pass
-        culprits = await self._handle_broken_pool(generation, executor, table)
+        except RuntimeError:
+            # The pool was shut down between the stop request and this submit.
+            if not self._stopping:
+                raise
+            return PrepResult(task.audio_file_id, status=REQUEUE)
+        if self._pool_terminated or self._stop_signal is not None:
+            # The run stopped the pool itself: the file was not at fault.
+            return PrepResult(task.audio_file_id, status=REQUEUE)
+        culprits, certain = await self._handle_broken_pool(generation, executor, table)
         exit_code = culprits.get(task.audio_file_id)
-        if exit_code is not None:
+        if exit_code is None:
+            # Another file's worker died: hand this one back unharmed.
+            return PrepResult(task.audio_file_id, status=REQUEUE)
+        if certain:
             return self._worker_death_result(task, exit_code)
-        # Another file's worker died, or the run is stopping: hand it back.
-        return PrepResult(task.audio_file_id, status=REQUEUE)
+        # Several workers died of SIGTERM at once: retry, counting the attempt.
+        return PrepResult(
+            task.audio_file_id, status="failed",
+            reason=format_reason("worker", f"worker process stopped by signal {-exit_code}; the file is retried"),
+        )
 
-    async def _handle_broken_pool(self, generation: int, executor: ProcessPoolExecutor, table) -> dict[int, int]:
+    async def _handle_broken_pool(self, generation: int, executor: ProcessPoolExecutor, table) -> tuple[dict[int, int], bool]:
         """Find which files the dead processes held and rebuild the pool once.
 
-        Returns {audio_file_id: exit code} for the files whose own worker
-        died; every coroutine that saw this pool break gets the same answer.
+        Returns ({audio_file_id: exit code}, certain) for the files whose
+        own worker died; `certain` is False when the executor's own SIGTERM
+        kills cannot be told apart from the death that broke the pool. Every
+        coroutine that saw this pool break gets the same answer.
         """
         async with self._pool_lock:
             if generation in self._culprits:
                 return self._culprits[generation]
             holders = worker_state.holders(table)
             dead = self._dead_workers(executor)
-            culprits = {holders[pid]: code for pid, code in dead.items() if pid in holders}
-            self._culprits[generation] = culprits
+            suspects = self._culprit_codes(dead)
+            certain = all(code != -signal.SIGTERM for code in suspects.values())
+            culprits = {holders[pid]: code for pid, code in suspects.items() if pid in holders}
+            self._culprits[generation] = (culprits, certain)
             if self._stopping:
-                return culprits
+                return culprits, certain
             self._pool_rebuilds += 1
             log = logger.bind(run_id=self.run.pk)
             if self._pool_rebuilds > MAX_POOL_REBUILDS:
                 self._abort_reason = format_reason("worker", f"worker processes died {self._pool_rebuilds} times; giving up")
                 log.error("{}", self._abort_reason)
-                return culprits
+                self._stop_event.set()
+                return culprits, certain
             log.warning(
                 "worker process died (exit codes {}, files {}); rebuilding the pool ({} of at most {})",
                 sorted(dead.values()), sorted(culprits), self._pool_rebuilds, MAX_POOL_REBUILDS,
             )
             executor.shutdown(wait=False, cancel_futures=True)
             self._start_pool(self._num_workers)
-            return culprits
+            return culprits, certain
 
     def _worker_death_result(self, task: PrepTask, exit_code: int) -> PrepResult:
         if exit_code < 0:
@@ -484,9 +607,10 @@ class PrepareAudio:
         if requeue:
             await self._db(ledger.release, self._token, requeue)
             for audio_file_id in requeue:
-                log.bind(audio_file_id=audio_file_id).warning("file {} handed back unfinished; it will be prepared again", audio_file_id)
+                log.bind(audio_file_id=audio_file_id).debug("file {} handed back unfinished; it is pending again", audio_file_id)
         results = [result for result in batch if result.status != REQUEUE]
         recorded = await self._db(ledger.commit_results, self.run, self._token, results, self.config.config_hash(), self.max_attempts)
+        self._outstanding -= len(batch)
         for result, status in recorded:
             self._count(result, status)
             file_log = log.bind(audio_file_id=result.audio_file_id)
@@ -528,21 +652,37 @@ class PrepareAudio:
                 logger.bind(run_id=self.run.pk).warning("lease renewal failed: {}", exc)
 
     def _install_signal_handlers(self) -> None:
-        self._installed_signals = []
+        self._installed_signals = {}
         if threading.current_thread() is not threading.main_thread():
             return
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
+            original = signal.getsignal(signum)
             try:
                 loop.add_signal_handler(signum, self._on_signal, signum)
-                self._installed_signals.append(signum)
+                self._installed_signals[signum] = original
             except (NotImplementedError, RuntimeError):
                 pass
 
     def _remove_signal_handlers(self) -> None:
+        """Hand signals to `_on_late_signal` while the run records its end.
+
+        A repeated Ctrl-C that arrives after the pool stopped must not raise
+        KeyboardInterrupt in the middle of writing the manifest or the run
+        record; `_restore_signal_handlers` ends this once the run is closed.
+        """
         loop = asyncio.get_running_loop()
-        for signum in getattr(self, "_installed_signals", []):
+        for signum in getattr(self, "_installed_signals", {}):
             loop.remove_signal_handler(signum)
+            signal.signal(signum, self._on_late_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, original in getattr(self, "_installed_signals", {}).items():
+            signal.signal(signum, original if original is not None else signal.SIG_DFL)
+        self._installed_signals = {}
+
+    def _on_late_signal(self, signum, frame) -> None:
+        logger.bind(run_id=self.run.pk).warning("{} received while the run is closing; it ends after its record is written", signal.Signals(signum).name)
 
     def _on_signal(self, signum: int) -> None:
         log = logger.bind(run_id=self.run.pk)
@@ -552,7 +692,7 @@ class PrepareAudio:
                 "{} received: no new files; in-flight files get {:.0f} s to finish; send it again to stop at once",
                 signal.Signals(signum).name, self.grace_seconds,
             )
+            self._stop_event.set()
             return
         log.warning("{} received again: stopping at once", signal.Signals(signum).name)
-        self.grace_seconds = 0
-        self._terminate_pool()
+        self._hard_stop_event.set()

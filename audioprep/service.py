@@ -28,6 +28,9 @@ POLICY_OPTIONS = {
     "energy_gate_db": "energy_gate_db",
     "speech_threshold": "speech_threshold",
     "release_threshold": "release_threshold",
+    "gate_bypass_score": "gate_bypass_score",
+    "confirm_score": "confirm_score",
+    "min_confirm_ms": "min_confirm_ms",
     "channel": "channel",
 }
 
@@ -57,9 +60,12 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     option("min_silence_ms", type=int, default=None, help="Split where silence lasts at least this many milliseconds.")
     option("pad_ms", type=int, default=None, help="Milliseconds of context kept before and after each segment.")
     option("max_segment_s", type=float, default=None, help="Maximum segment length in seconds; longer spans are cut at the quietest pause.")
-    option("energy_gate_db", type=float, default=None, help="Frames must be this many dB above the running noise floor to count as speech (0: off).")
-    option("speech_threshold", type=float, default=None, help="Silero only: probability at which speech starts (0-1).")
-    option("release_threshold", type=float, default=None, help="Silero only: probability below which speech ends (0-1).")
+    option("energy_gate_db", type=float, default=None, help="Frames scoring below --gate_bypass_score must be this many dB above the running noise floor to count as speech (0: off).")
+    option("speech_threshold", type=float, default=None, help="Frame score (0-1) at which speech starts; webrtc scores a frame it accepts 0.5 or more.")
+    option("release_threshold", type=float, default=None, help="Frame score (0-1) below which speech ends.")
+    option("gate_bypass_score", type=float, default=None, help="Frames scoring at least this (0-1) skip the energy gate; for webrtc 0.75 means voicing strength 0.5.")
+    option("confirm_score", type=float, default=None, help="Frame score (0-1) that counts towards --min_confirm_ms; for webrtc 0.85 means voicing strength 0.7.")
+    option("min_confirm_ms", type=int, default=None, help="Drop speech spans with fewer than this many milliseconds of frames scoring --confirm_score or more.")
     option("channel", choices=["mix", "left", "right"], default=None, help="Multichannel policy: downmix (mix) or take one channel.")
     option("limit", type=int, default=None, help="Prepare at most this many files.")
     option("retry_failed", action="store_true", help="Set failed files back to pending before the run.")

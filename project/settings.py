@@ -106,12 +106,19 @@ AUDIOPREP = {
     "START_METHOD": env.str("AUDIOPREP_START_METHOD", default="spawn"),
     "STOP_GRACE_SECONDS": env.float("AUDIOPREP_STOP_GRACE_SECONDS", default=10.0),
     "TEST_HOOK": env.str("AUDIOPREP_TEST_HOOK", default=""),
+    # Only the policy values set in the environment; the rest keep the
+    # defaults of audioprep.pipeline.config.PrepConfig.
     "SEGMENTATION": {
-        "vad_aggressiveness": env.int("AUDIOPREP_VAD_AGGRESSIVENESS", default=2),
-        "min_speech_ms": env.int("AUDIOPREP_MIN_SPEECH_MS", default=250),
-        "min_silence_ms": env.int("AUDIOPREP_MIN_SILENCE_MS", default=300),
-        "pad_ms": env.int("AUDIOPREP_PAD_MS", default=100),
-        "max_segment_s": env.float("AUDIOPREP_MAX_SEGMENT_S", default=20.0),
+        name: cast(env.str(variable))
+        for name, variable, cast in (
+            ("vad_aggressiveness", "AUDIOPREP_VAD_AGGRESSIVENESS", int),
+            ("min_speech_ms", "AUDIOPREP_MIN_SPEECH_MS", int),
+            ("min_silence_ms", "AUDIOPREP_MIN_SILENCE_MS", int),
+            ("pad_ms", "AUDIOPREP_PAD_MS", int),
+            ("max_segment_s", "AUDIOPREP_MAX_SEGMENT_S", float),
+            ("energy_gate_db", "AUDIOPREP_ENERGY_GATE_DB", float),
+        )
+        if env.str(variable, default="")
     },
 }
 

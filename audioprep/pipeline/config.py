@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 # webrtcvad accepts 10, 20 or 30 ms frames at these rates only.
 WEBRTC_FRAME_MS = (10, 20, 30)
@@ -20,26 +21,40 @@ class PrepConfig:
 
     Durations carry their unit in the name. Two configs with equal
     `config_hash()` produce byte-identical segments from the same input.
+    The defaults were tuned on a 10-file reference set (see docs/accuracy.md).
     """
 
     vad_model: str = WEBRTC_MODEL
-    vad_aggressiveness: int = 2
+    # SHA-256 of the model file's content; filled in from the file when
+    # empty, so a replaced model file changes `config_hash()`.
+    vad_model_sha256: str = ""
+    vad_aggressiveness: int = 3
     frame_ms: int = 30
-    # Silero backend: a frame is speech above `speech_threshold` and stays
-    # speech until the probability drops below `release_threshold`.
+    # Frame scores are in [0, 1]: Silero's speech probability, or for
+    # webrtc 0 (rejected) and 0.5 + 0.5 * voicing strength (accepted).
+    # A frame is speech from `speech_threshold` on and stays speech until
+    # its score drops below `release_threshold`.
     speech_threshold: float = 0.5
     release_threshold: float = 0.35
-    # Energy gate: a frame is speech only when its level is at least this
-    # many dB above the running noise floor. 0 disables the gate.
-    energy_gate_db: float = 0.0
+    # Energy gate: a frame scoring below `gate_bypass_score` is speech only
+    # when its level is at least `energy_gate_db` dB above the running noise
+    # floor. 0 disables the gate.
+    energy_gate_db: float = 3.0
+    gate_bypass_score: float = 0.75
+    # A span is kept only when at least `min_confirm_ms` of its frames score
+    # `confirm_score` or more (webrtc: voicing strength 0.7 or more).
+    confirm_score: float = 0.85
+    min_confirm_ms: int = 120
     min_speech_ms: int = 250
-    min_silence_ms: int = 300
+    min_silence_ms: int = 400
     pad_ms: int = 100
     max_segment_s: float = 20.0
     channel: str = "mix"
 
     def __post_init__(self) -> None:
         self.validate()
+        if self.vad_model != WEBRTC_MODEL and not self.vad_model_sha256:
+            object.__setattr__(self, "vad_model_sha256", model_sha256(self.vad_model))
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field."""
@@ -56,7 +71,11 @@ class PrepConfig:
             )
         if self.energy_gate_db < 0:
             raise ValueError(f"energy_gate_db must be 0 or more, got {self.energy_gate_db!r}")
-        for name in ("min_speech_ms", "min_silence_ms", "pad_ms"):
+        for name in ("gate_bypass_score", "confirm_score"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be above 0 and at most 1, got {value!r}")
+        for name in ("min_speech_ms", "min_silence_ms", "pad_ms", "min_confirm_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a whole number of milliseconds >= 0, got {value!r}")
@@ -88,3 +107,18 @@ class PrepConfig:
         if unknown:
             raise ValueError(f"unknown segmentation settings: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+def model_sha256(path: str) -> str:
+    """Return the SHA-256 hex digest of a model file, or "" when it cannot be read.
+
+    An unreadable model is reported by the model check before any run starts.
+    """
+    digest = hashlib.sha256()
+    try:
+        with Path(path).expanduser().open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()

@@ -6,6 +6,7 @@ picklable values and never touches the database.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -128,7 +129,7 @@ def remove_segment_files(
 
 
 def _detector_for(config: PrepConfig) -> FrameDetector:
-    key = (config.vad_model, config.vad_aggressiveness, config.frame_ms)
+    key = (config.vad_model, config.vad_model_sha256, config.vad_aggressiveness, config.frame_ms)
     detector = _detectors.get(key)
     if detector is None:
         detector = create_detector(config)
@@ -256,13 +257,34 @@ def process_audio_sync(task: PrepTask) -> PrepResult:
     result = PrepResult(audio_file_id=task.audio_file_id, status="failed", worker_pid=os.getpid())
     worker_state.mark(task.audio_file_id)
     try:
-        if task.test_hook:
-            apply_test_hook(task)
-        _process(task, result)
+        with _test_hook_applied(task):
+            _process(task, result)
+    except Exception as exc:  # the record must cross the process boundary, never an exception
+        result.status = "failed"
+        result.segments = []
+        result.reason = format_reason("internal", f"unexpected {type(exc).__name__}: {exc}")
     finally:
         worker_state.mark(0)
     result.elapsed = round(time.perf_counter() - started, 6)
     return result
+
+
+@contextlib.contextmanager
+def _test_hook_applied(task: PrepTask):
+    if not task.test_hook:
+        yield
+        return
+    apply_test_hook(task)
+    with _vad_fault(task):
+        yield
+
+
+def _hook_items(test_hook: str) -> list[tuple[str, str]]:
+    items = []
+    for item in test_hook.split(","):
+        action, _, argument = item.strip().partition("=")
+        items.append((action, argument))
+    return items
 
 
 def apply_test_hook(task: PrepTask) -> None:
@@ -271,18 +293,51 @@ def apply_test_hook(task: PrepTask) -> None:
     The hook is a comma-separated list of `action=argument` items:
     `sleep=SECONDS` delays every file; `kill=TEXT` sends SIGKILL to this
     process and `abort=TEXT` calls os.abort() when the source path contains
-    TEXT (a simulated out-of-memory kill or native crash).
+    TEXT (a simulated out-of-memory kill or native crash); `vad_error=TEXT`
+    makes webrtcvad raise on the third frame of such a file (see `_vad_fault`).
     """
     import signal
 
-    for item in task.test_hook.split(","):
-        action, _, argument = item.strip().partition("=")
+    for action, argument in _hook_items(task.test_hook):
         if action == "sleep":
             time.sleep(float(argument))
         elif action == "kill" and argument and argument in task.path:
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "abort" and argument and argument in task.path:
             os.abort()
+
+
+class _FailingVad:
+    """A webrtcvad.Vad stand-in that raises webrtcvad's own error on the third frame."""
+
+    def __init__(self, vad) -> None:
+        self._vad = vad
+        self._calls = 0
+
+    def is_speech(self, frame: bytes, sample_rate: int) -> bool:
+        self._calls += 1
+        if self._calls == 3:
+            raise Exception("Error while processing frame")
+        return self._vad.is_speech(frame, sample_rate)
+
+
+@contextlib.contextmanager
+def _vad_fault(task: PrepTask):
+    """Swap webrtcvad.Vad for `_FailingVad` while a file named by `vad_error=TEXT` is processed."""
+    targets = [argument for action, argument in _hook_items(task.test_hook) if action == "vad_error" and argument]
+    if not any(target in task.path for target in targets):
+        yield
+        return
+    import types
+
+    from .vad import webrtc
+
+    original = webrtc.webrtcvad
+    webrtc.webrtcvad = types.SimpleNamespace(Vad=lambda mode: _FailingVad(original.Vad(mode)))
+    try:
+        yield
+    finally:
+        webrtc.webrtcvad = original
 
 
 def _process(task: PrepTask, result: PrepResult) -> None:

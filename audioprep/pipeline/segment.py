@@ -1,14 +1,16 @@
-"""Segmentation policy: per-frame speech decisions to padded speech segments.
+"""Segmentation policy: per-frame speech scores to padded speech segments.
 
 The policy is one online state machine, so segments close while the audio
 is still streaming and memory stays bounded by the maximum segment length:
 
-1. A frame is speech when the detector's score reaches the speech threshold;
-   once in speech it stays speech until the score falls below the release
-   threshold (hysteresis). With the energy gate on, a frame must also be
-   `energy_gate_db` above the running noise floor.
+1. A frame is speech when its score reaches `speech_threshold`; once in
+   speech it stays speech until the score falls below `release_threshold`
+   (hysteresis). With the energy gate on, a frame scoring below
+   `gate_bypass_score` must also be `energy_gate_db` above the running noise
+   floor.
 2. A speech span closes after `min_silence_ms` without speech. Spans shorter
-   than `min_speech_ms` are dropped.
+   than `min_speech_ms`, and spans with less than `min_confirm_ms` of frames
+   scoring `confirm_score` or more, are dropped.
 3. A span that would exceed `max_segment_s` (padding included) is cut at the
    quietest frame of its second half: the best pause, not a hard cut.
 4. Each segment gets `pad_ms` of context on both sides, limited to half the
@@ -64,6 +66,7 @@ class Segmenter:
         self.frame_samples = config.frame_samples
         self.min_speech_frames = math.ceil(config.min_speech_ms / frame_ms)
         self.min_silence_frames = math.ceil(config.min_silence_ms / frame_ms)
+        self.min_confirm_frames = math.ceil(config.min_confirm_ms / frame_ms)
         self.pad_samples = config.pad_ms * OUTPUT_SAMPLE_RATE // 1000
         max_samples = int(config.max_segment_s * OUTPUT_SAMPLE_RATE) - 2 * self.pad_samples
         self.max_core_frames = max(self.min_speech_frames + 1, max_samples // self.frame_samples)
@@ -78,6 +81,7 @@ class Segmenter:
         self._last_speech = -1
         self._open_levels: list[float] = []
         self._open_speech: list[bool] = []
+        self._open_confirmed: list[bool] = []
         # Closed spans in frames, waiting for padding: (start, end, joined_before).
         self._closed: list[tuple[int, int, bool]] = []
         # End (in samples, padding included) of the last emitted span.
@@ -93,16 +97,16 @@ class Segmenter:
     def decide(self, scores: np.ndarray, levels: np.ndarray) -> np.ndarray:
         """Apply hysteresis and the energy gate to one block of frames."""
         config = self.config
-        gate = None
         if config.energy_gate_db > 0:
             gate = self._noise_floor(levels) + config.energy_gate_db
+            gated = ((levels < gate) & (scores < config.gate_bypass_score)).tolist()
+        else:
+            gated = [False] * scores.shape[0]
         decisions = np.zeros(scores.shape[0], dtype=bool)
         in_speech = self._in_speech
         for i, score in enumerate(scores.tolist()):
             threshold = config.release_threshold if in_speech else config.speech_threshold
-            in_speech = score >= threshold
-            if gate is not None and levels[i] < gate:
-                in_speech = False
+            in_speech = score >= threshold and not gated[i]
             decisions[i] = in_speech
         self._in_speech = in_speech
         return decisions
@@ -111,8 +115,9 @@ class Segmenter:
 
     def push(self, scores: np.ndarray, levels: np.ndarray) -> list[Span]:
         decisions = self.decide(scores, levels)
-        for is_speech, level in zip(decisions.tolist(), levels.tolist()):
-            self._step(is_speech, level)
+        confirmed = (decisions & (scores >= self.config.confirm_score)).tolist()
+        for is_speech, level, is_confirmed in zip(decisions.tolist(), levels.tolist(), confirmed):
+            self._step(is_speech, level, is_confirmed)
         return self._release(final=False)
 
     def finish(self) -> list[Span]:
@@ -120,7 +125,7 @@ class Segmenter:
             self._close(self._last_speech + 1)
         return self._release(final=True)
 
-    def _step(self, is_speech: bool, level: float) -> None:
+    def _step(self, is_speech: bool, level: float, is_confirmed: bool) -> None:
         frame = self.num_frames
         self.num_frames += 1
         if self._open_start is None:
@@ -129,9 +134,11 @@ class Segmenter:
                 self._last_speech = frame
                 self._open_levels = [level]
                 self._open_speech = [True]
+                self._open_confirmed = [is_confirmed]
             return
         self._open_levels.append(level)
         self._open_speech.append(is_speech)
+        self._open_confirmed.append(is_confirmed)
         if is_speech:
             self._last_speech = frame
         if frame - self._last_speech >= self.min_silence_frames:
@@ -139,14 +146,21 @@ class Segmenter:
         elif frame + 1 - self._open_start > self.max_core_frames:
             self._split()
 
+    def _is_confirmed(self, num_frames: int) -> bool:
+        """Return whether the first `num_frames` of the open span hold enough confirming frames."""
+        return sum(self._open_confirmed[:num_frames]) >= self.min_confirm_frames
+
     def _close(self, end: int) -> None:
         start = self._open_start
-        if self._open_joined or end - start >= self.min_speech_frames:
+        # A piece that continues a cut span was confirmed with its first piece.
+        keep = self._open_joined or (end - start >= self.min_speech_frames and self._is_confirmed(end - start))
+        if keep:
             self._closed.append((start, end, self._open_joined))
         self._open_start = None
         self._open_joined = False
         self._open_levels = []
         self._open_speech = []
+        self._open_confirmed = []
 
     def _split(self) -> None:
         """Cut the open span at the quietest frame of its second half."""
@@ -160,11 +174,15 @@ class Segmenter:
         if self._last_speech < cut:
             self._close(self._last_speech + 1)
             return
-        self._closed.append((start, cut, self._open_joined))
+        # An unconfirmed first piece is dropped and the rest starts afresh.
+        keep = self._open_joined or self._is_confirmed(cut - start)
+        if keep:
+            self._closed.append((start, cut, self._open_joined))
         self._open_start = cut
-        self._open_joined = True
+        self._open_joined = keep
         self._open_levels = self._open_levels[cut - start :]
         self._open_speech = self._open_speech[cut - start :]
+        self._open_confirmed = self._open_confirmed[cut - start :]
 
     # -- padding ------------------------------------------------------------
 

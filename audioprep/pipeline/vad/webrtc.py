@@ -1,9 +1,16 @@
-"""webrtcvad backend: binary decisions on 10, 20 or 30 ms frames.
+"""webrtcvad backend: binary decisions on 10, 20 or 30 ms frames, graded by voicing.
 
 webrtcvad accepts only 16-bit mono PCM at 8, 16, 32 or 48 kHz; the pipeline
-always hands it 16 kHz. The detector object keeps no state that matters
-between files, but `reset()` builds a fresh one so results never depend on
-what the worker processed before.
+always hands it 16 kHz. It calls most loud sounds speech (knocks, music,
+steady noise), so each frame it accepts is graded by its voicing strength
+(see `voicing.py`): the score is 0 for a frame webrtcvad rejects and
+0.5 + 0.5 * voicing for one it accepts. The segmentation policy uses the
+grades to skip the energy gate for voiced frames and to drop spans without
+enough clearly voiced frames.
+
+The detector object keeps no state that matters between files, but
+`reset()` builds a fresh one so results never depend on what the worker
+processed before.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import numpy as np
 
 from ..config import OUTPUT_SAMPLE_RATE
 from ..errors import EnvironmentCheckError, VadError
+from .voicing import voicing_strength
 
 try:
     import webrtcvad
@@ -33,6 +41,10 @@ def check_webrtcvad() -> str:
     return "webrtcvad"
 
 
+# Score of a frame webrtcvad accepts, before its voicing is added.
+ACCEPTED_SCORE = 0.5
+
+
 class WebRtcDetector:
     """Frame detector over `webrtcvad.Vad` at a fixed aggressiveness (0-3)."""
 
@@ -47,15 +59,24 @@ class WebRtcDetector:
         self._vad = webrtcvad.Vad(self.aggressiveness)
 
     def score(self, frames: np.ndarray) -> np.ndarray:
+        """Return 0 for each frame webrtcvad rejects, 0.5 + 0.5 * voicing strength for each it accepts."""
+        accepted = self._decide(frames)
+        scores = np.zeros(accepted.shape[0], dtype=np.float32)
+        if accepted.any():
+            voicing = voicing_strength(frames[accepted])
+            scores[accepted] = ACCEPTED_SCORE + (1.0 - ACCEPTED_SCORE) * voicing
+        return scores
+
+    def _decide(self, frames: np.ndarray) -> np.ndarray:
         is_speech = self._vad.is_speech
         data = np.ascontiguousarray(frames, dtype="<i2")
         frame_bytes = data.shape[1] * 2
         buffer = data.tobytes()
-        scores = np.empty(data.shape[0], dtype=np.float32)
+        accepted = np.empty(data.shape[0], dtype=bool)
         try:
             for i in range(data.shape[0]):
                 offset = i * frame_bytes
-                scores[i] = is_speech(buffer[offset : offset + frame_bytes], OUTPUT_SAMPLE_RATE)
+                accepted[i] = is_speech(buffer[offset : offset + frame_bytes], OUTPUT_SAMPLE_RATE)
         except Exception as exc:
             raise VadError(f"webrtcvad failed on a {self.frame_ms} ms frame: {exc}") from exc
-        return scores
+        return accepted
