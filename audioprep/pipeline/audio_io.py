@@ -276,28 +276,38 @@ class PcmStream:
         except (MemoryError, ValueError, IndexError, KeyError, RuntimeError, OSError) as exc:
             raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
 
-    def _to_mono(self, planes: np.ndarray) -> np.ndarray:
-        if planes.shape[0] == 1:
-            return planes[0]
+    def _to_mono(self, interleaved: np.ndarray, channels: int) -> np.ndarray:
+        """Return one channel, or the mean of all, from interleaved float samples."""
+        if channels == 1:
+            return interleaved
+        frames = interleaved.reshape(-1, channels)
         if self.channel == "left":
-            return planes[0]
+            return frames[:, 0]
         if self.channel == "right":
-            return planes[1]
-        return planes.mean(axis=0, dtype=np.float32)
+            return frames[:, 1]
+        return frames.mean(axis=1, dtype=np.float32)
 
     def _to_int16(self, mono: np.ndarray) -> np.ndarray:
         scaled = np.rint(mono * 32768.0)
         np.clip(scaled, -32768, 32767, out=scaled)
         return scaled.astype(np.int16)
 
+    def _chunk(self, pending: list[np.ndarray], channels: int) -> np.ndarray:
+        interleaved = pending[0] if len(pending) == 1 else np.concatenate(pending)
+        return self._to_int16(self._to_mono(interleaved, channels))
+
     def __iter__(self) -> Iterator[np.ndarray]:
         stream = self._select_stream()
         # Resampling keeps all channels, so a chosen channel can be taken after
         # it; libswresample's default filter attenuates content above the
-        # output Nyquist frequency by more than 60 dB.
-        resampler = av.AudioResampler(format="fltp", layout=None, rate=OUTPUT_SAMPLE_RATE)
+        # output Nyquist frequency by more than 60 dB. Packed samples and
+        # fixed-size output frames keep the per-frame Python work small: the
+        # resampler buffers its output and returns one CHUNK_SAMPLES frame at
+        # a time, and the downmix runs once per chunk.
+        resampler = av.AudioResampler(format="flt", layout=None, rate=OUTPUT_SAMPLE_RATE, frame_size=CHUNK_SAMPLES)
         pending: list[np.ndarray] = []
         pending_samples = 0
+        channels = 0
         decoded_seconds = 0.0
         for frame in self._frames(stream):
             if frame.sample_rate:
@@ -307,17 +317,21 @@ class PcmStream:
             except (av.error.FFmpegError, ValueError) as exc:
                 raise DecodeError(f"resampling failed: {_ffmpeg_detail(exc, self._logs)}") from exc
             for out in converted:
-                mono = self._to_mono(out.to_ndarray())
-                pending.append(mono)
-                pending_samples += mono.shape[0]
+                # PyAV's resampler (checked in 18.1) raises ValueError for a
+                # frame whose layout differs from the first frame's, so every
+                # output frame has the same channel count.
+                channels = out.layout.nb_channels
+                pending.append(out.to_ndarray().reshape(-1))
+                pending_samples += out.samples
             if pending_samples >= CHUNK_SAMPLES:
-                yield self._to_int16(np.concatenate(pending))
+                yield self._chunk(pending, channels)
                 pending, pending_samples = [], 0
         for out in resampler.resample(None):
-            pending.append(self._to_mono(out.to_ndarray()))
+            channels = out.layout.nb_channels
+            pending.append(out.to_ndarray().reshape(-1))
         self.info.duration = decoded_seconds
         if pending:
-            chunk = self._to_int16(np.concatenate(pending))
+            chunk = self._chunk(pending, channels)
             if chunk.size:
                 yield chunk
         if decoded_seconds <= 0:
