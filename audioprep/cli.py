@@ -29,6 +29,8 @@ def prepare_audio(
     min_speech_ms: int | None = None,
     min_silence_ms: int | None = None,
     pad_ms: int | None = None,
+    pad_start_ms: int | None = None,
+    pad_end_ms: int | None = None,
     max_segment_s: float | None = None,
     energy_gate_db: float | None = None,
     speech_threshold: float | None = None,

@@ -30,9 +30,10 @@ REFERENCE_KEY = "speech_fine"
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 # Grid of the --sweep option: each name is a PrepConfig field.
 SWEEP_GRID = {
-    "min_silence_ms": (300, 500),
-    "pad_ms": (50, 100, 200),
-    "energy_gate_db": (0.0, 6.0, 9.0),
+    "min_silence_ms": (300, 400),
+    "pad_start_ms": (50, 100),
+    "pad_end_ms": (0, 50, 100),
+    "energy_gate_db": (0.0, 3.0, 6.0),
 }
 
 
@@ -274,10 +275,13 @@ def evaluate_folder(folder: Path, config: PrepConfig, collar_s: float = DEFAULT_
 def sweep_configs(base: PrepConfig, grid: dict = SWEEP_GRID) -> list[PrepConfig]:
     """Return one config per combination of `grid` values on top of `base`, skipping invalid ones."""
     names = list(grid)
+    # The built pad_start_ms and pad_end_ms carry the padding, and a pad_ms
+    # left in would conflict with grid values for either side.
+    base_values = base.as_dict() | {"pad_ms": None}
     configs = []
     for values in itertools.product(*(grid[name] for name in names)):
         try:
-            configs.append(PrepConfig.from_dict(base.as_dict() | dict(zip(names, values))))
+            configs.append(PrepConfig.from_dict(base_values | dict(zip(names, values))))
         except ValueError:
             continue
     return configs

@@ -91,17 +91,23 @@ class QueueManager:
 
 
 def resolve_config(config: PrepConfig | None, model_for_vad) -> PrepConfig:
-    """Return the run's config with `model_for_vad` applied (None keeps the config's)."""
+    """Return the run's config with `model_for_vad` applied (None keeps the config's).
+
+    Without a config, the settings' policy is combined with the model first,
+    so backend-specific defaults (padding, gate) follow the chosen backend.
+    A given config keeps its policy values and only changes the model.
+    """
+    model = None
+    if model_for_vad is not None and str(model_for_vad) != "":
+        model = str(model_for_vad)
+        if model != WEBRTC_MODEL:
+            model = str(Path(model).expanduser().resolve())
     if config is None:
-        config = PrepConfig.from_dict(dict(conf.get("SEGMENTATION")) | {"vad_model": conf.get("VAD_MODEL")})
-    if model_for_vad is None or str(model_for_vad) == "":
+        return PrepConfig.from_dict(dict(conf.get("SEGMENTATION")) | {"vad_model": model or conf.get("VAD_MODEL")})
+    if model is None or model == config.vad_model:
         return config
-    model = str(model_for_vad)
-    if model != WEBRTC_MODEL:
-        model = str(Path(model).expanduser().resolve())
     # An empty hash makes PrepConfig hash the named model file afresh.
-    values = config.as_dict() | {"vad_model": model, "vad_model_sha256": ""}
-    return PrepConfig.from_dict(values)
+    return PrepConfig.from_dict(config.as_dict() | {"vad_model": model, "vad_model_sha256": ""})
 
 
 def check_environment(config: PrepConfig) -> None:
@@ -238,6 +244,11 @@ class PrepareAudio:
         check_environment(config)
         check_output_dir(self._output_dir)
 
+        # From here on all ORM work goes through the database thread. A
+        # connection the calling thread left open would be inherited by
+        # forked workers, so it is closed unless a transaction still needs it.
+        if not any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
+            connections.close_all()
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audioprep-db")
         try:
             await self._run(config, num_workers)
@@ -464,6 +475,9 @@ class PrepareAudio:
         )
         self._pool_generation += 1
         self._num_workers = num_workers
+        # Start the processes now, while the database thread holds no
+        # connection: forked children would inherit its open socket.
+        self._executor.submit(os.getpid)
 
     def _shutdown_pool(self) -> None:
         if self._executor is not None:
@@ -500,7 +514,12 @@ class PrepareAudio:
         """
         dead = {}
         for pid, process in list((getattr(executor, "_processes", None) or {}).items()):
-            process.join(timeout=0.5)
+            # The executor's own thread may reap the process first; its exit
+            # code then shows up here a moment later.
+            for _ in range(10):
+                process.join(timeout=0.1)
+                if process.exitcode is not None:
+                    break
             if process.exitcode not in (None, 0):
                 dead[pid] = process.exitcode
         return dead
@@ -576,6 +595,7 @@ class PrepareAudio:
                 sorted(dead.values()), sorted(culprits), self._pool_rebuilds, MAX_POOL_REBUILDS,
             )
             executor.shutdown(wait=False, cancel_futures=True)
+            await self._db(self._close_db_connections)
             self._start_pool(self._num_workers)
             return culprits, certain
 

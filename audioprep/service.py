@@ -18,12 +18,16 @@ from .prepare_audio import PrepareAudio, RunStartError
 from .runs import EXIT_NOT_STARTED, RunSummary
 
 VERBOSITY_LOG_LEVELS = {0: "ERROR", 1: "WARNING", 2: "INFO", 3: "DEBUG"}
-# Option name -> PrepConfig field, for the segmentation policy.
+# Option name -> PrepConfig field, for the segmentation policy. The model
+# is among them because the policy defaults depend on the detector.
 POLICY_OPTIONS = {
+    "model_for_vad": "vad_model",
     "vad_aggressiveness": "vad_aggressiveness",
     "min_speech_ms": "min_speech_ms",
     "min_silence_ms": "min_silence_ms",
     "pad_ms": "pad_ms",
+    "pad_start_ms": "pad_start_ms",
+    "pad_end_ms": "pad_end_ms",
     "max_segment_s": "max_segment_s",
     "energy_gate_db": "energy_gate_db",
     "speech_threshold": "speech_threshold",
@@ -57,15 +61,17 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     option("output_dir", default=None, help="Folder for segments, manifests and run logs (default: AUDIOPREP['OUTPUT_DIR']).")
     option("vad_aggressiveness", type=int, choices=[0, 1, 2, 3], default=None, help="webrtcvad mode, 0 (least) to 3 (most aggressive).")
     option("min_speech_ms", type=int, default=None, help="Drop speech spans shorter than this many milliseconds.")
-    option("min_silence_ms", type=int, default=None, help="Split where silence lasts at least this many milliseconds.")
-    option("pad_ms", type=int, default=None, help="Milliseconds of context kept before and after each segment.")
+    option("min_silence_ms", type=int, default=None, help="Split where silence lasts at least this many milliseconds (default: 400 for webrtc, 300 for Silero).")
+    option("pad_ms", type=int, default=None, help="Milliseconds of context kept before and after each segment (sets both --pad_start_ms and --pad_end_ms).")
+    option("pad_start_ms", type=int, default=None, help="Milliseconds of context kept before each segment (default: 100 for webrtc, 80 for Silero).")
+    option("pad_end_ms", type=int, default=None, help="Milliseconds of context kept after each segment (default: 100 for webrtc, 0 for Silero).")
     option("max_segment_s", type=float, default=None, help="Maximum segment length in seconds; longer spans are cut at the quietest pause.")
-    option("energy_gate_db", type=float, default=None, help="Frames scoring below --gate_bypass_score must be this many dB above the running noise floor to count as speech (0: off).")
+    option("energy_gate_db", type=float, default=None, help="Frames scoring below --gate_bypass_score must be this many dB above the running noise floor to count as speech (0: off; default: 3 for webrtc, 0 for Silero).")
     option("speech_threshold", type=float, default=None, help="Frame score (0-1) at which speech starts; webrtc scores a frame it accepts 0.5 or more.")
     option("release_threshold", type=float, default=None, help="Frame score (0-1) below which speech ends.")
     option("gate_bypass_score", type=float, default=None, help="Frames scoring at least this (0-1) skip the energy gate; for webrtc 0.75 means voicing strength 0.5.")
     option("confirm_score", type=float, default=None, help="Frame score (0-1) that counts towards --min_confirm_ms; for webrtc 0.85 means voicing strength 0.7.")
-    option("min_confirm_ms", type=int, default=None, help="Drop speech spans with fewer than this many milliseconds of frames scoring --confirm_score or more.")
+    option("min_confirm_ms", type=int, default=None, help="Drop speech spans with fewer than this many milliseconds of frames scoring --confirm_score or more (default: 120 for webrtc, 0 for Silero).")
     option("channel", choices=["mix", "left", "right"], default=None, help="Multichannel policy: downmix (mix) or take one channel.")
     option("limit", type=int, default=None, help="Prepare at most this many files.")
     option("retry_failed", action="store_true", help="Set failed files back to pending before the run.")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from audioprep import service
 from audioprep.demo.synth import speech_signal, write_wav
 from audioprep.evaluation import boundary_hit_rate, merge_intervals, score_frames
+from audioprep.pipeline.config import BACKEND_DEFAULTS
 
 # Speech from 1.0-3.0 s and 4.0-7.0 s of a 7.8 s file, as in tests/conftest.py.
 LAYOUT = [("silence", 1.0), ("speech", 2.0), ("silence", 1.0), ("speech", 3.0), ("silence", 0.8)]
@@ -120,3 +124,30 @@ def test_evaluate_vad_rejects_folder_without_references(tmp_path):
 def test_evaluate_vad_rejects_missing_model(reference_folder, tmp_path):
     with pytest.raises(CommandError, match="VAD model not found"):
         call_command("evaluate_vad", str(reference_folder), "--model_for_vad", str(tmp_path / "missing.onnx"))
+
+
+def test_build_config_uses_model_backend_defaults(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"model")
+    config = service.build_config({"model_for_vad": str(model)})
+    assert config.vad_model == str(model)
+    for name, value in BACKEND_DEFAULTS["silero"].items():
+        assert getattr(config, name) == value
+    explicit = service.build_config({"model_for_vad": str(model), "pad_ms": 50, "energy_gate_db": 6.0})
+    assert (explicit.pad_start_ms, explicit.pad_end_ms) == (50, 50)
+    assert explicit.energy_gate_db == 6.0
+
+
+def test_evaluate_vad_silero_report_holds_backend_defaults(reference_folder, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed; pip install 'audioprep[silero]'")
+    spec = importlib.util.find_spec("silero_vad")
+    model = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx" if spec else None
+    if model is None or not model.is_file():
+        pytest.skip("silero-vad model not installed; pip install --no-deps silero-vad")
+    report_path = tmp_path / "report.json"
+    call_command("evaluate_vad", str(reference_folder), "--model_for_vad", str(model), "--json", str(report_path))
+    report = json.loads(report_path.read_text())
+    for name, value in BACKEND_DEFAULTS["silero"].items():
+        assert report["config"][name] == value
+    # The generated clips are not real speech, so only the run is checked.
+    assert [item["error"] for item in report["files"]] == ["", ""]

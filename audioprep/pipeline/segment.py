@@ -13,9 +13,10 @@ is still streaming and memory stays bounded by the maximum segment length:
    scoring `confirm_score` or more, are dropped.
 3. A span that would exceed `max_segment_s` (padding included) is cut at the
    quietest frame of its second half: the best pause, not a hard cut.
-4. Each segment gets `pad_ms` of context on both sides, limited to half the
-   gap to its neighbour so padded segments never overlap. Pieces of a cut
-   span meet exactly at the cut, without padding.
+4. Each segment gets `pad_start_ms` of context before and `pad_end_ms`
+   after. When a gap is too short for both, it is shared in proportion to
+   the two paddings, so padded segments never overlap. Pieces of a cut span
+   meet exactly at the cut, without padding.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ class Segmenter:
         self.min_speech_frames = math.ceil(config.min_speech_ms / frame_ms)
         self.min_silence_frames = math.ceil(config.min_silence_ms / frame_ms)
         self.min_confirm_frames = math.ceil(config.min_confirm_ms / frame_ms)
-        self.pad_samples = config.pad_ms * OUTPUT_SAMPLE_RATE // 1000
-        max_samples = int(config.max_segment_s * OUTPUT_SAMPLE_RATE) - 2 * self.pad_samples
+        self.pad_start_samples = config.pad_start_ms * OUTPUT_SAMPLE_RATE // 1000
+        self.pad_end_samples = config.pad_end_ms * OUTPUT_SAMPLE_RATE // 1000
+        max_samples = int(config.max_segment_s * OUTPUT_SAMPLE_RATE) - self.pad_start_samples - self.pad_end_samples
         self.max_core_frames = max(self.min_speech_frames + 1, max_samples // self.frame_samples)
         self.num_frames = 0
         self._in_speech = False
@@ -186,6 +188,15 @@ class Segmenter:
 
     # -- padding ------------------------------------------------------------
 
+    def _share_gap(self, gap: int) -> tuple[int, int]:
+        """Return (padding after the earlier span, padding before the later one) for a gap in samples."""
+        pad_end, pad_start = self.pad_end_samples, self.pad_start_samples
+        total = pad_end + pad_start
+        if total <= gap:
+            return pad_end, pad_start
+        # Both sides round down, so the two paddings never overlap.
+        return gap * pad_end // total, gap * pad_start // total
+
     def _release(self, final: bool) -> list[Span]:
         """Pad and return closed spans whose right neighbour is known."""
         frame_samples = self.frame_samples
@@ -196,22 +207,25 @@ class Segmenter:
             if len(self._closed) > 1:
                 next_start, _next_end, next_joined = self._closed[1]
                 gap = next_start * frame_samples - end_sample
-                pad_after = 0 if next_joined else min(self.pad_samples, gap // 2)
+                pad_after = 0 if next_joined else self._share_gap(gap)[0]
             elif self._open_start is not None:
                 gap = self._open_start * frame_samples - end_sample
-                pad_after = 0 if self._open_joined else min(self.pad_samples, gap // 2)
+                pad_after = 0 if self._open_joined else self._share_gap(gap)[0]
             elif final:
-                pad_after = min(self.pad_samples, max(0, self.num_frames * frame_samples - end_sample))
-            elif (self.num_frames * frame_samples - end_sample) >= 2 * self.pad_samples:
-                pad_after = self.pad_samples
+                pad_after = min(self.pad_end_samples, max(0, self.num_frames * frame_samples - end_sample))
+            elif (self.num_frames * frame_samples - end_sample) >= self.pad_end_samples + self.pad_start_samples:
+                # A span that opens from now on cannot claim any of this gap.
+                pad_after = self.pad_end_samples
             else:
                 break
             start_sample = start * frame_samples
             if joined_before:
                 padded_start = start_sample
             else:
-                gap_before = start_sample - self._last_core_end
-                pad_before = min(self.pad_samples, gap_before // 2 if self._emitted_end else start_sample)
+                if self._emitted_end:
+                    pad_before = self._share_gap(start_sample - self._last_core_end)[1]
+                else:
+                    pad_before = min(self.pad_start_samples, start_sample)
                 padded_start = max(self._emitted_end, start_sample - pad_before)
             span = Span(padded_start, end_sample + pad_after)
             released.append(span)
@@ -230,4 +244,4 @@ class Segmenter:
             first = self._open_start * frame_samples
         else:
             first = self.num_frames * frame_samples
-        return max(self._emitted_end, first - self.pad_samples)
+        return max(self._emitted_end, first - self.pad_start_samples)

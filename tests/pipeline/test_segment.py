@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audioprep.pipeline.config import OUTPUT_SAMPLE_RATE, PrepConfig
+from audioprep.pipeline.config import BACKEND_DEFAULTS, OUTPUT_SAMPLE_RATE, PrepConfig
 from audioprep.pipeline.process import PrepTask, process_audio_sync
 from audioprep.pipeline.segment import Segmenter
 
@@ -74,6 +74,89 @@ def test_padding_never_overlaps_neighbour():
 def test_padding_clipped_at_file_start():
     config = PrepConfig(pad_ms=300, energy_gate_db=0.0)
     assert run_segmenter(config, layout((0, 3), (1, 10), (0, 40)))[0][0] == 0
+
+
+def test_asymmetric_padding():
+    # 90 ms = 3 frames before, 30 ms = 1 frame after.
+    config = PrepConfig(pad_start_ms=90, pad_end_ms=30, energy_gate_db=0.0)
+    spans = run_segmenter(config, layout((0, 20), (1, 10), (0, 20), (1, 10), (0, 40)))
+    assert spans == [(17, 31), (47, 61)]
+
+
+def test_short_gap_shared_by_padding_ratio():
+    # A 14-frame gap against 10 + 5 frames of padding: the later span gets
+    # two thirds of the gap and the earlier one a third.
+    config = PrepConfig(pad_start_ms=300, pad_end_ms=150, energy_gate_db=0.0)
+    spans = run_segmenter(config, layout((0, 20), (1, 10), (0, 14), (1, 10), (0, 40)))
+    assert len(spans) == 2
+    assert spans[0][1] == pytest.approx(30 + 14 / 3)
+    assert spans[1][0] == pytest.approx(30 + 14 / 3)
+    assert spans[0][0] == pytest.approx(10)
+    assert spans[1][1] == pytest.approx(59)
+
+
+def test_block_size_with_asymmetric_padding():
+    config = PrepConfig(pad_start_ms=150, pad_end_ms=30, energy_gate_db=0.0)
+    rng = np.random.default_rng(1)
+    scores = (rng.random(3000) < 0.6).astype(np.float32)
+    expected = run_segmenter(config, scores, block=1)
+    assert expected
+    for block in (7, 16, 500):
+        assert run_segmenter(config, scores, block=block) == expected
+    for previous, following in zip(expected, expected[1:]):
+        assert previous[1] <= following[0]
+
+
+def test_max_length_with_asymmetric_padding():
+    config = PrepConfig(pad_start_ms=400, pad_end_ms=0, max_segment_s=5.0, energy_gate_db=0.0)
+    spans = run_segmenter(config, layout((0, 20), (1, 1000), (0, 40)))
+    assert len(spans) > 1
+    for start, end in spans:
+        assert (end - start) * FRAME_SAMPLES / OUTPUT_SAMPLE_RATE <= config.max_segment_s + 1e-9
+
+
+def test_webrtc_defaults_filled_in():
+    config = PrepConfig()
+    for name, value in BACKEND_DEFAULTS["webrtc"].items():
+        assert getattr(config, name) == value
+    assert config.pad_ms == 100
+
+
+def test_silero_defaults_filled_in(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"model")
+    config = PrepConfig(vad_model=str(model))
+    for name, value in BACKEND_DEFAULTS["silero"].items():
+        assert getattr(config, name) == value
+    # The sides differ, so no single pad_ms describes them.
+    assert config.pad_ms is None
+    assert config.as_dict()["pad_start_ms"] == 80
+
+
+def test_explicit_values_override_backend_defaults(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"model")
+    config = PrepConfig(vad_model=str(model), energy_gate_db=3.0, min_silence_ms=500, pad_ms=40)
+    assert config.energy_gate_db == 3.0
+    assert config.min_silence_ms == 500
+    assert (config.pad_start_ms, config.pad_end_ms, config.pad_ms) == (40, 40, 40)
+    assert PrepConfig(vad_model=str(model), pad_end_ms=20).pad_start_ms == 80
+
+
+def test_filled_defaults_hash_like_explicit_values():
+    explicit = PrepConfig(**BACKEND_DEFAULTS["webrtc"])
+    assert explicit.config_hash() == PrepConfig().config_hash()
+    rebuilt = PrepConfig.from_dict(PrepConfig().as_dict())
+    assert rebuilt == PrepConfig()
+    assert rebuilt.config_hash() == PrepConfig().config_hash()
+
+
+def test_pad_ms_conflicting_with_side_rejected():
+    with pytest.raises(ValueError, match="pad_ms 50 conflicts with pad_start_ms 100"):
+        PrepConfig(pad_ms=50, pad_start_ms=100)
+    with pytest.raises(ValueError, match="pad_ms must be"):
+        PrepConfig(pad_ms=-10)
+    assert PrepConfig(pad_ms=50, pad_end_ms=50).pad_start_ms == 50
 
 
 def test_max_length_split_at_quietest_pause():

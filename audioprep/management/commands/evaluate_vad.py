@@ -88,13 +88,13 @@ class Command(BaseCommand):
             self.stdout.write(f"report written to {options['json_path']}")
 
     def _config(self, options: dict) -> PrepConfig:
+        model = options.get("model_for_vad")
+        if model and model != WEBRTC_MODEL:
+            options = options | {"model_for_vad": str(Path(model).expanduser().resolve())}
         try:
+            # The model is set before the config is built, so the policy
+            # defaults of its backend apply.
             config = service.build_config(options)
-            model = options.get("model_for_vad")
-            if model and model != WEBRTC_MODEL:
-                model = str(Path(model).expanduser().resolve())
-            if model:
-                config = PrepConfig.from_dict(config.as_dict() | {"vad_model": model, "vad_model_sha256": ""})
         except (service.PrepareUsageError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         return config
@@ -124,7 +124,7 @@ class Command(BaseCommand):
             strict, collared = item["summary"]["strict"], item["summary"]["collared"]
             label = " ".join(f"--{name} {value}" for name, value in item["parameters"].items())
             self.stdout.write(
-                f"{label:<60} {_number(strict['detection_error_rate']):>6} {_number(collared['f1']):>6} "
+                f"{label:<80} {_number(strict['detection_error_rate']):>6} {_number(collared['f1']):>6} "
                 f"{_percent(strict['false_alarm_rate']):>6} {_percent(strict['miss_rate']):>6}"
             )
         return scored
