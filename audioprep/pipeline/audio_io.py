@@ -21,6 +21,7 @@ import numpy as np
 
 from .config import OUTPUT_SAMPLE_RATE
 from .errors import DecodeError, EmptyInputError, EnvironmentCheckError, InputIOError, OutputError
+from .wav_reader import WavLayout, iter_wav, parse_wav
 
 try:
     import av
@@ -219,10 +220,20 @@ class PcmStream:
         self._container = None
         self._log_capture = None
         self._logs: list = []
+        # Set when the file is a 16 kHz PCM WAV that is read without FFmpeg.
+        self._wav_layout: WavLayout | None = None
 
     def __enter__(self) -> PcmStream:
         if av is None:
             raise EnvironmentCheckError(f"decoder not found: the 'av' package cannot be imported ({_AV_IMPORT_ERROR})")
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            size = 0
+        layout = parse_wav(self.path, size) if size else None
+        if layout is not None and layout.sample_rate == OUTPUT_SAMPLE_RATE:
+            self._wav_layout = layout
+            return self
         self._log_capture = av.logging.Capture(local=True)
         self._logs = self._log_capture.__enter__()
         self._container = _open_container(self.path, self._logs)
@@ -296,7 +307,29 @@ class PcmStream:
         interleaved = pending[0] if len(pending) == 1 else np.concatenate(pending)
         return self._to_int16(self._to_mono(interleaved, channels))
 
+    def _iter_wav(self, layout: WavLayout) -> Iterator[np.ndarray]:
+        info = self.info
+        info.container = "wav"
+        info.codec = layout.codec
+        info.sample_rate = layout.sample_rate
+        info.channels = layout.channels
+        info.wav_header_duration = wav_header_duration(self.path)
+        num_frames = 0
+        for mono, interleaved in iter_wav(self.path, layout, CHUNK_SAMPLES):
+            if mono is not None:
+                num_frames += mono.size
+                yield mono
+            else:
+                num_frames += interleaved.size // layout.channels
+                yield self._chunk([interleaved], layout.channels)
+        info.duration = num_frames / layout.sample_rate
+        if num_frames == 0:
+            raise EmptyInputError("no samples")
+
     def __iter__(self) -> Iterator[np.ndarray]:
+        if self._wav_layout is not None:
+            yield from self._iter_wav(self._wav_layout)
+            return
         stream = self._select_stream()
         # Resampling keeps all channels, so a chosen channel can be taken after
         # it; libswresample's default filter attenuates content above the
