@@ -22,7 +22,6 @@ is still streaming and memory stays bounded by the maximum segment length:
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +73,10 @@ class Segmenter:
         self.max_core_frames = max(self.min_speech_frames + 1, max_samples // self.frame_samples)
         self.num_frames = 0
         self._in_speech = False
-        self._levels_history: deque[float] = deque(maxlen=int(NOISE_FLOOR_WINDOW_S * 1000 / frame_ms))
+        # Ring buffer of recent frame levels for the noise floor.
+        self._history = np.empty(int(NOISE_FLOOR_WINDOW_S * 1000 / frame_ms), dtype=np.float32)
+        self._history_size = 0
+        self._history_next = 0
         # Open span: first frame, last speech frame, and per-frame data kept
         # for the best-pause search.
         self._open_start: int | None = None
@@ -93,8 +95,28 @@ class Segmenter:
     # -- frame decisions -------------------------------------------------
 
     def _noise_floor(self, levels: np.ndarray) -> float:
-        self._levels_history.extend(levels.tolist())
-        return float(np.percentile(np.fromiter(self._levels_history, dtype=np.float32), NOISE_FLOOR_PERCENTILE))
+        """Add a block of levels to the history; return its NOISE_FLOOR_PERCENTILE-th percentile.
+
+        The percentile uses numpy's default linear interpolation, computed
+        with a partial sort because this runs for every block of frames.
+        """
+        history = self._history
+        capacity = history.size
+        recent = levels[-capacity:].astype(np.float32)
+        positions = (self._history_next + np.arange(recent.size)) % capacity
+        history[positions] = recent
+        self._history_next = int((self._history_next + recent.size) % capacity)
+        self._history_size = min(capacity, self._history_size + recent.size)
+        values = history[: self._history_size]
+        rank = (values.size - 1) * NOISE_FLOOR_PERCENTILE / 100
+        low = int(np.floor(rank))
+        high = min(low + 1, values.size - 1)
+        ordered = np.partition(values, (low, high))
+        below, above = float(ordered[low]), float(ordered[high])
+        fraction = rank - low
+        if fraction >= 0.5:
+            return above - (above - below) * (1 - fraction)
+        return below + (above - below) * fraction
 
     def decide(self, scores: np.ndarray, levels: np.ndarray) -> np.ndarray:
         """Apply hysteresis and the energy gate to one block of frames."""
