@@ -381,11 +381,10 @@ def decode_to_pcm(path: str, channel: str = "mix") -> tuple[np.ndarray, SourceIn
     return samples, stream.info
 
 
-def write_wav_atomic(path: Path, samples: np.ndarray) -> None:
-    """Write 16 kHz mono 16-bit PCM to `path` through a temporary file.
+def write_wav_temporary(path: Path, samples: np.ndarray) -> Path:
+    """Write 16 kHz mono 16-bit PCM to a temporary name beside `path`; return that name.
 
-    The data is flushed and fsynced before the rename, so `path` holds either
-    nothing or a complete file, even after a crash.
+    `finalize_file` makes it durable and gives it its final name.
     """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     segment = AudioSegment(
@@ -397,17 +396,42 @@ def write_wav_atomic(path: Path, samples: np.ndarray) -> None:
     try:
         with open(temporary, "wb") as stream:
             segment.export(stream, format="wav")
-            stream.flush()
-            os.fsync(stream.fileno())
+    except OSError as exc:
+        _discard(temporary)
+        raise _output_error(exc, path) from exc
+    return temporary
+
+
+def finalize_file(temporary: Path, path: Path) -> None:
+    """Fsync `temporary` and rename it to `path`, so `path` is complete or absent, even after a crash."""
+    try:
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temporary, path)
     except OSError as exc:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(f"no space left on device writing {path}") from exc
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        _discard(temporary)
+        raise _output_error(exc, path) from exc
+
+
+def write_wav_atomic(path: Path, samples: np.ndarray) -> None:
+    """Write 16 kHz mono 16-bit PCM to `path` through a fsynced temporary file."""
+    finalize_file(write_wav_temporary(path, samples), path)
+
+
+def _discard(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _output_error(exc: OSError, path: Path) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"no space left on device writing {path}")
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def fsync_directory(path: Path) -> None:

@@ -11,13 +11,14 @@ import os
 import re
 import time
 import unicodedata
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import log, worker_state
-from .audio_io import PcmStream, check_source, file_checksum, fsync_directory, write_wav_atomic
+from .audio_io import PcmStream, check_source, file_checksum, finalize_file, fsync_directory, write_wav_temporary
 from .config import OUTPUT_SAMPLE_RATE, PrepConfig
 from .errors import OutputError, PrepError, format_reason
 from .segment import Segmenter, Span, frame_levels_dbfs
@@ -27,6 +28,7 @@ SEGMENTS_DIRNAME = "segments"
 FILES_PER_SHARD = 1000
 MAX_SLUG_CHARS = 60
 _detectors: dict[tuple, FrameDetector] = {}
+_finalize_executor: ThreadPoolExecutor | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,9 @@ class _SegmentWriter:
         self.buffer = np.zeros(0, dtype=np.int16)
         self.buffer_start = 0
         self.records: list[SegmentRecord] = []
+        # fsync and rename run on a background thread, overlapping the next
+        # chunk's decoding; `wait()` collects them before the file is done.
+        self._finalizing: list[Future] = []
 
     def append(self, samples: np.ndarray, retain_from: int) -> None:
         drop = max(0, min(retain_from - self.buffer_start, self.buffer.size))
@@ -176,7 +181,8 @@ class _SegmentWriter:
             path = segment_path(self.task.output_dir, self.task.audio_file_id, self.task.path, index)
             if index == 0:
                 self.folder.mkdir(parents=True, exist_ok=True)
-            write_wav_atomic(path, samples)
+            temporary = write_wav_temporary(path, samples)
+            self._finalizing.append(_finalizer().submit(finalize_file, temporary, path))
             peak, rms = _levels(samples)
             self.records.append(
                 SegmentRecord(
@@ -188,6 +194,22 @@ class _SegmentWriter:
                     rms_dbfs=rms,
                 )
             )
+
+
+    def wait(self) -> None:
+        """Wait until every segment has its final name; raise the first OutputError."""
+        pending, self._finalizing = self._finalizing, []
+        errors = [future.exception() for future in pending]
+        for error in errors:
+            if error is not None:
+                raise error
+
+
+def _finalizer() -> ThreadPoolExecutor:
+    global _finalize_executor
+    if _finalize_executor is None:
+        _finalize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audioprep-fsync")
+    return _finalize_executor
 
 
 def _run_pipeline(task: PrepTask, result: PrepResult) -> None:
@@ -204,18 +226,21 @@ def _run_pipeline(task: PrepTask, result: PrepResult) -> None:
     frame_samples = config.frame_samples
     leftover = np.zeros(0, dtype=np.int16)
     total_samples = 0
-    with PcmStream(task.path, config.channel) as stream:
-        for chunk in stream:
-            total_samples += chunk.size
-            writer.append(chunk, segmenter.retain_from)
-            samples = np.concatenate((leftover, chunk)) if leftover.size else chunk
-            usable = samples.size - samples.size % frame_samples
-            leftover = samples[usable:]
-            if usable == 0:
-                continue
-            frames = samples[:usable].reshape(-1, frame_samples)
-            writer.write(segmenter.push(detector.score(frames), frame_levels_dbfs(frames)))
-        writer.write(segmenter.finish())
+    try:
+        with PcmStream(task.path, config.channel) as stream:
+            for chunk in stream:
+                total_samples += chunk.size
+                writer.append(chunk, segmenter.retain_from)
+                samples = np.concatenate((leftover, chunk)) if leftover.size else chunk
+                usable = samples.size - samples.size % frame_samples
+                leftover = samples[usable:]
+                if usable == 0:
+                    continue
+                frames = samples[:usable].reshape(-1, frame_samples)
+                writer.write(segmenter.push(detector.score(frames), frame_levels_dbfs(frames)))
+            writer.write(segmenter.finish())
+    finally:
+        writer.wait()
     info = stream.info
     result.container = info.container
     result.codec = info.codec
