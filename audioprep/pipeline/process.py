@@ -29,6 +29,7 @@ FILES_PER_SHARD = 1000
 MAX_SLUG_CHARS = 60
 _detectors: dict[tuple, FrameDetector] = {}
 _finalize_executor: ThreadPoolExecutor | None = None
+_finalize_pid = 0
 
 
 @dataclass(frozen=True)
@@ -206,9 +207,15 @@ class _SegmentWriter:
 
 
 def _finalizer() -> ThreadPoolExecutor:
-    global _finalize_executor
-    if _finalize_executor is None:
+    """Return this process's fsync thread pool.
+
+    A child made by fork inherits the parent's executor object but not its
+    thread, so the pool is rebuilt whenever the process id changes.
+    """
+    global _finalize_executor, _finalize_pid
+    if _finalize_executor is None or _finalize_pid != os.getpid():
         _finalize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audioprep-fsync")
+        _finalize_pid = os.getpid()
     return _finalize_executor
 
 
