@@ -126,3 +126,17 @@ def test_format_reason_single_line_bounded():
     assert "\n" not in reason
     assert len(reason) <= errors.MAX_REASON_CHARS
     assert reason.startswith("decode: line one line two")
+
+
+def test_process_in_forked_child_after_parent_use(tmp_path):
+    import multiprocessing
+
+    path = write_wav(tmp_path / "talk.wav", speech_signal(TWO_REGION_LAYOUT, seed=1))
+    assert run(path, tmp_path / "parent").status == "done"
+    task = PrepTask(8, str(path), str(tmp_path / "child"), PrepConfig())
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        result = pool.apply_async(process_audio_sync, (task,)).get(timeout=60)
+
+    assert result.status == "done"
+    assert len(result.segments) == 2
