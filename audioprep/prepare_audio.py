@@ -244,11 +244,6 @@ class PrepareAudio:
         check_environment(config)
         check_output_dir(self._output_dir)
 
-        # From here on all ORM work goes through the database thread. A
-        # connection the calling thread left open would be inherited by
-        # forked workers, so it is closed unless a transaction still needs it.
-        if not any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
-            connections.close_all()
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audioprep-db")
         try:
             await self._run(config, num_workers)
@@ -475,9 +470,6 @@ class PrepareAudio:
         )
         self._pool_generation += 1
         self._num_workers = num_workers
-        # Start the processes now, while the database thread holds no
-        # connection: forked children would inherit its open socket.
-        self._executor.submit(os.getpid)
 
     def _shutdown_pool(self) -> None:
         if self._executor is not None:

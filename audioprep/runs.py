@@ -6,6 +6,7 @@ database thread.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from .models import AudioFile, FileResult, PrepRun, Segment
 from .pipeline.config import PrepConfig
 
 MANIFEST_NAME = "manifest.jsonl"
+MANIFEST_LOCK_NAME = ".manifest.lock"
 MANIFESTS_DIRNAME = "manifests"
 LOGS_DIRNAME = "logs"
 
@@ -84,8 +86,14 @@ def record_abort(run: PrepRun, reason: str) -> None:
     run.save(update_fields=["status", "reason", "finished_at"])
 
 
-def finalize_run(run: PrepRun, status: str, reason: str = "", num_released: int = 0) -> RunSummary:
-    """Store counts and totals from this run's file results and close the run."""
+def finalize_run(run: PrepRun, status: str, reason: str = "") -> RunSummary:
+    """Store counts and totals from this run's file results and close the run.
+
+    A file counts as released when this run claimed it last and it is
+    pending again (handed back after a stop, or requeued for a retry that
+    this run did not get to).
+    """
+    num_released = AudioFile.objects.filter(last_run=run, status=AudioFile.Status.PENDING).count()
     counts = FileResult.objects.filter(run=run).aggregate(
         selected=Count("id"),
         done=Count("id", filter=Q(status=AudioFile.Status.DONE)),
@@ -167,6 +175,15 @@ def _write_if_changed(path: Path, lines) -> bool:
     return True
 
 
+def _remove_stale_temporaries(output_dir: Path) -> None:
+    """Delete manifest temporaries left by a run that was killed while writing."""
+    for path in output_dir.glob(f".{MANIFEST_NAME}.*.tmp"):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -194,7 +211,13 @@ def write_manifests(run: PrepRun, output_dir: Path) -> Path:
     prefix = str(output_dir) + os.sep
     all_segments = Segment.objects.filter(path__startswith=prefix)
     manifest = output_dir / MANIFEST_NAME
-    _write_if_changed(manifest, _segment_lines(all_segments))
+    # Two runs ending at once into one folder: the lock makes the later
+    # writer read the database after the earlier one wrote, so the last
+    # manifest written is never missing segments.
+    with open(output_dir / MANIFEST_LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _remove_stale_temporaries(output_dir)
+        _write_if_changed(manifest, _segment_lines(all_segments))
     run_segments = all_segments.filter(run=run)
     if run_segments.exists():
         _write_if_changed(output_dir / MANIFESTS_DIRNAME / f"run-{run.pk:06d}.jsonl", _segment_lines(run_segments))

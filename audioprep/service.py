@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.color import no_style
+from django.db import connections
 from loguru import logger
 
 from . import conf
@@ -143,6 +144,11 @@ def prepare(options: dict[str, Any], stdout=None, style=None, progress_stream=No
         on_progress=_progress_printer(progress_stream, count_pending() if limit is None else limit) if progress_stream else None,
         log_level="DEBUG" if verbosity >= 3 else "INFO",
     )
+    # From here on all ORM work goes through the run's database thread. A
+    # connection this thread left open would be inherited by forked workers,
+    # so it is closed unless a transaction still needs it.
+    if not any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
+        connections.close_all()
     try:
         asyncio.run(preparer.fetch(model_for_vad=model_for_vad, output_dir=output_dir, num_workers=num_workers))
     except RunStartError as exc:

@@ -42,6 +42,13 @@ def mark(audio_file_id: int) -> None:
         _table[2 * _slot + 1] = audio_file_id
 
 
+def pids(table) -> set[int]:
+    """Return the pids of every process that took a slot in `table`."""
+    with table.get_lock():
+        values = list(table)
+    return {values[i] for i in range(0, len(values), 2) if values[i]}
+
+
 def holders(table) -> dict[int, int]:
     """Return {pid: audio_file_id} for every busy process in `table`."""
     with table.get_lock():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+import signal
+
+from django.core.management.base import BaseCommand, CommandError, SystemCheckError
 
 from ... import service
 from ...runs import EXIT_FILES_FAILED, EXIT_NOT_STARTED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
@@ -18,6 +20,9 @@ EPILOG = f"""exit status:
 
 
 class Command(BaseCommand):
+    # System checks run in handle(), so a failed one exits with the
+    # "could not start" status instead of Django's generic 1.
+    requires_system_checks = []
     help = (
         "Decode pending audio files, convert them to 16 kHz mono 16-bit PCM, detect speech "
         "and write the speech segments with a JSON-lines manifest."
@@ -35,6 +40,11 @@ class Command(BaseCommand):
         service.add_prepare_arguments(parser)
 
     def handle(self, *args, **options) -> None:
+        if not options.get("skip_checks"):
+            try:
+                self.check()
+            except SystemCheckError as exc:
+                raise CommandError(f"the run could not start: {exc}", returncode=EXIT_NOT_STARTED) from exc
         interactive_progress = self._called_from_command_line and self.stderr.isatty()
         try:
             summary = service.prepare(
@@ -47,5 +57,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc), returncode=EXIT_NOT_STARTED) from exc
         if summary is None:
             return
+        if summary.exit_code in (EXIT_SIGINT, EXIT_SIGTERM) and self._called_from_command_line:
+            # The process is about to exit; a repeated Ctrl-C must not turn
+            # the documented status into a KeyboardInterrupt traceback.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if summary.exit_code != EXIT_OK and self._called_from_command_line:
             raise CommandError(service.failure_message(summary), returncode=summary.exit_code)
