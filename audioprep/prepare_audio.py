@@ -44,6 +44,12 @@ from .pipeline.worker import initialize_worker
 # How many times a run rebuilds a broken process pool before it aborts.
 MAX_POOL_REBUILDS = 5
 COMMIT_BATCH_SIZE = 64
+TASKS_IN_FLIGHT_PER_PROCESS = 2
+# The queue holds claimed files that wait for a worker; claims are made in
+# batches as large as the free room, so a larger queue means fewer, larger
+# claim transactions. Each waiting file holds a lease, so the queue stays small.
+QUEUE_SIZE_PER_WORKER = 4
+QUEUE_MIN_SIZE = 8
 # SQLite "database is locked" errors are retried this many times, with the
 # wait doubling from DB_RETRY_FIRST_WAIT seconds; each call is one transaction.
 DB_LOCK_RETRIES = 5
@@ -337,7 +343,7 @@ class PrepareAudio:
 
     async def _process_all(self, config: PrepConfig, num_workers: int, log) -> tuple[str, str]:
         """Run claimer, workers, committer and lease renewer until done or stopped."""
-        self.queue_manager = QueueManager(maxsize=2 * num_workers)
+        self.queue_manager = QueueManager(maxsize=max(QUEUE_MIN_SIZE, QUEUE_SIZE_PER_WORKER * num_workers))
         self._results = asyncio.Queue()
         self._stop_event = asyncio.Event()
         self._hard_stop_event = asyncio.Event()
@@ -352,9 +358,12 @@ class PrepareAudio:
         committer = asyncio.create_task(self._committer(log), name="audioprep-committer")
         committer.add_done_callback(self._on_committer_done)
         renewer = asyncio.create_task(self._renew_leases(), name="audioprep-lease-renewer")
+        # Two coroutines per process keep a second task waiting in the pool,
+        # so a process starts its next file without a round trip through
+        # this event loop; that round trip dominates on one-second files.
         workers = [
             asyncio.create_task(self.worker(i, config.vad_model, self._output_dir, self._executor), name=f"audioprep-worker-{i}")
-            for i in range(num_workers)
+            for i in range(TASKS_IN_FLIGHT_PER_PROCESS * num_workers)
         ]
         try:
             await self._claim_loop(config, log)
@@ -621,7 +630,7 @@ class PrepareAudio:
             for audio_file_id in requeue:
                 log.bind(audio_file_id=audio_file_id).debug("file {} handed back unfinished; it is pending again", audio_file_id)
         results = [result for result in batch if result.status != REQUEUE]
-        recorded = await self._db(ledger.commit_results, self.run, self._token, results, self.config.config_hash(), self.max_attempts)
+        recorded = await self._db(ledger.commit_results, self.run, self._token, results, self.run.config_hash, self.max_attempts)
         self._outstanding -= len(batch)
         for result, status in recorded:
             self._count(result, status)

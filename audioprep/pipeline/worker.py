@@ -20,6 +20,9 @@ def initialize_worker(log_queue, log_level: str, table) -> None:
     _die_with_parent()
     log.install_worker_logging(log_queue, log_level)
     worker_state.attach(table)
+    # Load the decoder, the detectors and numpy now, while the parent is
+    # still claiming, instead of inside the first file's time.
+    from . import process  # noqa: F401
 
 
 def _die_with_parent() -> None:
