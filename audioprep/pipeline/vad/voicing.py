@@ -40,7 +40,9 @@ def voicing_strength(frames: np.ndarray) -> np.ndarray:
     if length + _MAX_LAG > _FFT_SIZE:
         raise ValueError(f"frames of {samples.shape[1]} samples are too long for voicing_strength (max 60 ms)")
     spectrum = np.fft.rfft(decimated, _FFT_SIZE, axis=1)
-    power = np.zeros(spectrum.shape, dtype=np.float32)
+    # A complex input takes numpy's fast inverse transform; a real float32
+    # array is about three times slower there (numpy 2.4).
+    power = np.zeros(spectrum.shape, dtype=np.complex64)
     in_band = spectrum[:, _IN_BAND]
     power[:, _IN_BAND] = in_band.real**2 + in_band.imag**2
     autocorrelation = np.fft.irfft(power, _FFT_SIZE, axis=1)[:, : _MAX_LAG + 1]
