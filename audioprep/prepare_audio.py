@@ -231,7 +231,7 @@ class PrepareAudio:
     def _close_db_connections() -> None:
         connections.close_all()
 
-    # -- the seed's public API ---------------------------------------------
+    # -- public API: fetch and worker ------------------------------------------
 
     async def fetch(self, model_for_vad: Path | str | None = None, output_dir: Path | str | None = None, num_workers: int = 1) -> None:
         """Fetch and process pending audio files with `num_workers` worker processes.
