@@ -194,8 +194,11 @@ def test_prepare_audio_log_file_has_each_file_once(make_wav, output_dir):
 
 
 def test_seed_usage_example_records_run(make_wav, output_dir):
+    from prepare_audio import PrepareAudio as ShortImport
+
     import_audio(make_wav("a.wav"))
-    audio_preparer = PrepareAudio()
+    assert ShortImport is PrepareAudio
+    audio_preparer = ShortImport()
 
     async def run_audio_preparation():
         await audio_preparer.fetch(model_for_vad=Path("webrtc"), output_dir=output_dir, num_workers=2)
