@@ -38,6 +38,8 @@ def prepare_audio(
     gate_bypass_score: float | None = None,
     confirm_score: float | None = None,
     min_confirm_ms: int | None = None,
+    merge_target_s: float | None = None,
+    merge_max_gap_ms: int | None = None,
     channel: str | None = None,
     limit: int | None = None,
     retry_failed: bool = False,

@@ -36,6 +36,8 @@ POLICY_OPTIONS = {
     "gate_bypass_score": "gate_bypass_score",
     "confirm_score": "confirm_score",
     "min_confirm_ms": "min_confirm_ms",
+    "merge_target_s": "merge_target_s",
+    "merge_max_gap_ms": "merge_max_gap_ms",
     "channel": "channel",
 }
 
@@ -73,6 +75,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     option("gate_bypass_score", type=float, default=None, help="Frames scoring at least this (0-1) skip the energy gate; for webrtc 0.75 means voicing strength 0.5.")
     option("confirm_score", type=float, default=None, help="Frame score (0-1) that counts towards --min_confirm_ms; for webrtc 0.85 means voicing strength 0.7.")
     option("min_confirm_ms", type=int, default=None, help="Drop speech spans with fewer than this many milliseconds of frames scoring --confirm_score or more (default: 120 for webrtc, 0 for Silero).")
+    option("merge_target_s", type=float, default=None, help="Join neighbouring segments while the result lasts at most this many seconds (0: off, the default).")
+    option("merge_max_gap_ms", type=int, default=None, help="Join only segments at most this many milliseconds apart (default 1000).")
     option("channel", choices=["mix", "left", "right"], default=None, help="Multichannel policy: downmix (mix) or take one channel.")
     option("limit", type=int, default=None, help="Prepare at most this many files.")
     option("retry_failed", action="store_true", help="Set failed files back to pending before the run.")

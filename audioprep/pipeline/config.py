@@ -92,6 +92,11 @@ class PrepConfig:
     pad_start_ms: int | None = None
     pad_end_ms: int | None = None
     max_segment_s: float = 20.0
+    # Merging of short neighbours: consecutive segments separated by at most
+    # `merge_max_gap_ms` are joined while the result lasts at most
+    # `merge_target_s` seconds. 0 turns merging off.
+    merge_target_s: float = 0.0
+    merge_max_gap_ms: int = 1000
     channel: str = "mix"
 
     def __post_init__(self) -> None:
@@ -148,6 +153,12 @@ class PrepConfig:
         min_max_segment_s = max(1.0, 2 * self.min_speech_ms / 1000)
         if self.max_segment_s < min_max_segment_s:
             raise ValueError(f"max_segment_s must be at least {min_max_segment_s:g}, got {self.max_segment_s!r}")
+        if not 0.0 <= self.merge_target_s <= self.max_segment_s:
+            raise ValueError(
+                f"merge_target_s must be between 0 (off) and max_segment_s ({self.max_segment_s:g}), got {self.merge_target_s!r}"
+            )
+        if not isinstance(self.merge_max_gap_ms, int) or self.merge_max_gap_ms < 0:
+            raise ValueError(f"merge_max_gap_ms must be a whole number of milliseconds >= 0, got {self.merge_max_gap_ms!r}")
         if self.channel not in CHANNEL_POLICIES:
             raise ValueError(f"channel must be one of {CHANNEL_POLICIES}, got {self.channel!r}")
 

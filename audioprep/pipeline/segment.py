@@ -71,6 +71,10 @@ class Segmenter:
         self.pad_end_samples = config.pad_end_ms * OUTPUT_SAMPLE_RATE // 1000
         max_samples = int(config.max_segment_s * OUTPUT_SAMPLE_RATE) - self.pad_start_samples - self.pad_end_samples
         self.max_core_frames = max(self.min_speech_frames + 1, max_samples // self.frame_samples)
+        self.merge_target_samples = int(config.merge_target_s * OUTPUT_SAMPLE_RATE)
+        self.merge_gap_samples = config.merge_max_gap_ms * OUTPUT_SAMPLE_RATE // 1000
+        # A released span that later spans may still be merged into.
+        self._merging: Span | None = None
         self.num_frames = 0
         self._in_speech = False
         # Ring buffer of recent frame levels for the noise floor.
@@ -142,12 +146,46 @@ class Segmenter:
         confirmed = (decisions & (scores >= self.config.confirm_score)).tolist()
         for is_speech, level, is_confirmed in zip(decisions.tolist(), levels.tolist(), confirmed):
             self._step(is_speech, level, is_confirmed)
-        return self._release(final=False)
+        return self._merge(self._release(final=False), final=False)
 
     def finish(self) -> list[Span]:
         if self._open_start is not None:
             self._close(self._last_speech + 1)
-        return self._release(final=True)
+        return self._merge(self._release(final=True), final=True)
+
+    def _merge(self, spans: list[Span], final: bool) -> list[Span]:
+        """Join short neighbours up to the merge target; return the spans that are final."""
+        if self.merge_target_samples <= 0:
+            return spans
+        merged = []
+        for span in spans:
+            pending = self._merging
+            if (
+                pending is not None
+                and span.end - pending.start <= self.merge_target_samples
+                and span.start - pending.end <= self.merge_gap_samples
+            ):
+                self._merging = Span(pending.start, span.end)
+                continue
+            if pending is not None:
+                merged.append(pending)
+            self._merging = span
+        pending = self._merging
+        if pending is not None:
+            # No later span can join once the pending one is full, or once the
+            # earliest start a later span can have is too far away.
+            if self._closed:
+                next_start = self._closed[0][0]
+            elif self._open_start is not None:
+                next_start = self._open_start
+            else:
+                next_start = self.num_frames
+            earliest_next = next_start * self.frame_samples - self.pad_start_samples
+            full = pending.end - pending.start >= self.merge_target_samples
+            if final or full or earliest_next - pending.end > self.merge_gap_samples:
+                merged.append(pending)
+                self._merging = None
+        return merged
 
     def _step(self, is_speech: bool, level: float, is_confirmed: bool) -> None:
         frame = self.num_frames
@@ -266,4 +304,7 @@ class Segmenter:
             first = self._open_start * frame_samples
         else:
             first = self.num_frames * frame_samples
-        return max(self._emitted_end, first - self.pad_start_samples)
+        retain = max(self._emitted_end, first - self.pad_start_samples)
+        if self._merging is not None:
+            retain = min(retain, self._merging.start)
+        return retain

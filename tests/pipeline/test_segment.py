@@ -252,3 +252,37 @@ def test_default_policy_on_corpus(corpus_dir, tmp_path):
     assert counts["silence_2s_16k.wav"] == 0
     without_segments = sorted(name for name, count in counts.items() if count == 0 and name not in NO_SPEECH_FILES)
     assert without_segments == []
+
+
+MERGE = PrepConfig(pad_ms=0, energy_gate_db=0.0, merge_target_s=3.0, merge_max_gap_ms=1000)
+
+
+def test_merge_joins_short_neighbours():
+    # Three 0.6 s bursts 0.6 s apart: all fit in 3 s, so they become one segment.
+    scores = layout((0, 20), (1, 20), (0, 20), (1, 20), (0, 20), (1, 20), (0, 40))
+
+    assert run_segmenter(MERGE, scores) == [(20, 120)]
+
+
+def test_merge_stops_at_target_length():
+    # Five 0.6 s bursts 0.6 s apart: 3 s holds the first three (3.0 s), the rest form another.
+    scores = layout((0, 20), *[(1, 20), (0, 20)] * 5, (0, 40))
+
+    assert run_segmenter(MERGE, scores) == [(20, 120), (140, 200)]
+
+
+def test_merge_skips_long_gaps():
+    scores = layout((0, 20), (1, 20), (0, 50), (1, 20), (0, 40))
+
+    assert run_segmenter(MERGE, scores) == [(20, 40), (90, 110)]
+
+
+def test_merge_off_by_default():
+    scores = layout((0, 20), (1, 20), (0, 20), (1, 20), (0, 40))
+
+    assert run_segmenter(NO_PAD, scores) == [(20, 40), (60, 80)]
+
+
+def test_merge_target_above_max_rejected():
+    with pytest.raises(ValueError, match="merge_target_s must be between 0"):
+        PrepConfig(max_segment_s=10.0, merge_target_s=12.0)
