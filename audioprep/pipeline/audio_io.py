@@ -50,7 +50,7 @@ MAX_DECODE_WARNINGS_KEPT = 5
 
 @dataclass
 class SourceInfo:
-    """What the probe and the decoder found out about one source file."""
+    """Properties of one source file, as probed and decoded."""
 
     container: str = ""
     codec: str = ""

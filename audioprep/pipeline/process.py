@@ -63,7 +63,7 @@ class SegmentRecord:
 
 @dataclass
 class PrepResult:
-    """What happened to one file; small enough to cross the process boundary."""
+    """Outcome of one file, small enough to cross the process boundary."""
 
     audio_file_id: int
     status: str
@@ -90,7 +90,7 @@ def slugify(text: str) -> str:
 
 
 def segment_dir(output_dir: str | Path, audio_file_id: int) -> Path:
-    """Return the folder that holds the segments of one file."""
+    """Return the folder that contains the segments of one file."""
     return Path(output_dir) / SEGMENTS_DIRNAME / f"{audio_file_id // FILES_PER_SHARD:05d}"
 
 
@@ -225,7 +225,7 @@ def _run_pipeline(task: PrepTask, result: PrepResult) -> None:
     result.checksum = file_checksum(task.path)
     folder = segment_dir(task.output_dir, task.audio_file_id)
     # Segments of an earlier attempt stay until this one has written its own,
-    # so every final name always holds a complete file.
+    # so every final name always contains a complete file.
     remove_segment_files(task.output_dir, task.audio_file_id, temporary_only=True)
     detector = _detector_for(config)
     segmenter = Segmenter(config)

@@ -34,7 +34,7 @@ CODEC_NAMES = {
 
 @dataclass(frozen=True)
 class WavLayout:
-    """Where the samples of a PCM WAV file are and how they are stored."""
+    """Position and sample format of the audio data in a PCM WAV file."""
 
     format_code: int
     bits_per_sample: int

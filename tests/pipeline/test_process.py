@@ -27,14 +27,17 @@ def test_process_two_regions_written_as_segments(tmp_path):
     assert result.status == "done", result.reason
     assert len(result.segments) == 2
     first, second = result.segments
-    assert 0.7 <= first.start <= 1.0 and 3.0 <= first.end <= 3.4
-    assert 3.7 <= second.start <= 4.0 and 7.0 <= second.end <= 7.4
+    assert 0.7 <= first.start <= 1.0
+    assert 3.0 <= first.end <= 3.4
+    assert 3.7 <= second.start <= 4.0
+    assert 7.0 <= second.end <= 7.4
     assert first.end <= second.start
     for record in result.segments:
         with wave.open(record.path) as stream:
             assert (stream.getframerate(), stream.getnchannels(), stream.getsampwidth()) == (16000, 1, 2)
             assert stream.getnframes() == round(record.duration * 16000)
-        assert record.peak_dbfs <= 0 and record.rms_dbfs < record.peak_dbfs
+        assert record.peak_dbfs <= 0
+        assert record.rms_dbfs < record.peak_dbfs
     assert result.duration == pytest.approx(7.8, abs=1e-3)
     assert len(result.checksum) == 64
 

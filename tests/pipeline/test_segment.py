@@ -265,7 +265,7 @@ def test_merge_joins_short_neighbours():
 
 
 def test_merge_stops_at_target_length():
-    # Five 0.6 s bursts 0.6 s apart: 3 s holds the first three (3.0 s), the rest form another.
+    # Five 0.6 s bursts 0.6 s apart: the first three fill the 3 s target, the other two form a second segment.
     scores = layout((0, 20), *[(1, 20), (0, 20)] * 5, (0, 40))
 
     assert run_segmenter(MERGE, scores) == [(20, 120), (140, 200)]
