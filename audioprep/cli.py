@@ -48,13 +48,14 @@ def prepare_audio(
     verbosity: int = 1,
 ) -> None:
     """Prepare pending audio files; exits with the status manage.py prepare_audio documents."""
-    options = dict(locals())
+    given = dict(locals())
     _setup_django()
     from django.core.management.base import OutputWrapper
 
     from . import service
     from .runs import EXIT_NOT_STARTED
 
+    options = _parse_like_manage_py(given)
     stdout = OutputWrapper(sys.stdout)
     try:
         summary = service.prepare(options, stdout=stdout)
@@ -64,6 +65,47 @@ def prepare_audio(
     if summary is not None and summary.exit_code:
         sys.stderr.write(f"error: {service.failure_message(summary)}\n")
         raise SystemExit(summary.exit_code)
+
+
+def _parse_like_manage_py(given: dict) -> dict:
+    """Check and convert fire's values with the parser manage.py uses; exit 2 on a bad value."""
+    import argparse
+
+    from . import service
+
+    parser = argparse.ArgumentParser(prog="python -m audioprep prepare_audio")
+    service.add_prepare_arguments(parser)
+    parser.add_argument("--verbosity", type=int, choices=[0, 1, 2, 3], default=1)
+    argv = []
+    for name, value in given.items():
+        if value is None or value is False:
+            continue
+        argv.append(f"--{name}")
+        if value is not True:
+            argv.append(str(value))
+    return vars(parser.parse_args(argv))
+
+
+def _reject_unknown_options(command, argv: list[str]) -> None:
+    """Exit 2 before any work when argv names an option `command` does not take.
+
+    python-fire reports unused arguments only after the function has run,
+    which for prepare_audio would mean a whole run with default settings.
+    """
+    import inspect
+
+    known = set(inspect.signature(command).parameters) | {"help"}
+    for token in argv:
+        if token == "--":
+            return
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name.startswith("no") and name[2:] in known:
+            continue
+        if name not in known:
+            sys.stderr.write(f"error: unknown option {token.split('=', 1)[0]}; see 'python -m audioprep {command.__name__} --help'\n")
+            raise SystemExit(2)
 
 
 def import_audio(*paths: str, from_file: str | None = None) -> None:
@@ -80,7 +122,10 @@ def import_audio(*paths: str, from_file: str | None = None) -> None:
 def main() -> None:
     import fire
 
-    fire.Fire({"prepare_audio": prepare_audio, "import_audio": import_audio})
+    commands = {"prepare_audio": prepare_audio, "import_audio": import_audio}
+    if len(sys.argv) > 1 and sys.argv[1] in commands:
+        _reject_unknown_options(commands[sys.argv[1]], sys.argv[2:])
+    fire.Fire(commands)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ def prepare(options: dict[str, Any], stdout=None, style=None, progress_stream=No
     style = style or no_style()
     verbosity = int(options.get("verbosity", 1))
     config = build_config(options)
-    num_workers = options.get("num_workers") or int(conf.get("NUM_WORKERS"))
+    num_workers = options.get("num_workers")
+    if num_workers is None:
+        num_workers = int(conf.get("NUM_WORKERS"))
     if num_workers < 1:
         raise PrepareUsageError(f"--num_workers must be at least 1, got {num_workers}")
     limit = options.get("limit")
@@ -131,14 +133,7 @@ def prepare(options: dict[str, Any], stdout=None, style=None, progress_stream=No
     configure_stderr_log(verbosity)
 
     if options.get("dry_run"):
-        pending = count_pending()
-        planned = pending if limit is None else min(pending, limit)
-        if stdout is not None:
-            stdout.write(
-                f"dry run: would prepare {planned} of {pending} pending files with {num_workers} workers into "
-                f"{output_dir}; VAD {model_for_vad or config.vad_model}; parameters {config.as_dict()}"
-            )
-        return None
+        return _dry_run(options, config, model_for_vad, num_workers, limit, output_dir, stdout)
 
     preparer = PrepareAudio(
         config,
@@ -163,6 +158,28 @@ def prepare(options: dict[str, Any], stdout=None, style=None, progress_stream=No
     if stdout is not None and verbosity >= 1:
         stdout.write(_styled(style, summary)(summary.line()))
     return summary
+
+
+def _dry_run(options, config, model_for_vad, num_workers, limit, output_dir, stdout) -> None:
+    """Check what a real run would check and report what it would prepare; change nothing."""
+    from .models import AudioFile
+    from .prepare_audio import check_environment, resolve_config
+
+    try:
+        config = resolve_config(config, model_for_vad)
+        check_environment(config)
+    except (RunStartError, ValueError) as exc:
+        raise PrepareUsageError(f"the run could not start: {exc}") from exc
+    pending = count_pending()
+    if options.get("retry_failed"):
+        pending += AudioFile.objects.filter(status=AudioFile.Status.FAILED).count()
+    planned = pending if limit is None else min(pending, limit)
+    if stdout is not None:
+        stdout.write(
+            f"dry run: would prepare {planned} of {pending} pending files with {num_workers} workers into "
+            f"{output_dir}; VAD {config.vad_model}; parameters {config.as_dict()}"
+        )
+    return None
 
 
 def _styled(style, summary: RunSummary):

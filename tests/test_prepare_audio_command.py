@@ -257,3 +257,60 @@ def test_fire_cli_runs_same_prepare(make_wav, run_manage, output_dir):
     assert "1 done" in completed.stdout
     assert PrepRun.objects.get().status == "completed"
     assert AudioFile.objects.get().status == "done"
+
+
+def run_fire(*args: str, output_dir: Path):
+    import subprocess
+    import sys
+
+    from tests.conftest import database_url
+
+    return subprocess.run(
+        [sys.executable, "-m", "audioprep", "prepare_audio", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DATABASE_URL": database_url(), "AUDIOPREP_OUTPUT_DIR": str(output_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("args", [("--pad_msec", "50"), ("--num_workers", "four"), ("--limit", "abc"), ("--num_workers", "0")])
+def test_fire_cli_bad_option_changes_nothing(make_wav, output_dir, args):
+    import_audio(make_wav("a.wav"))
+
+    completed = run_fire(*args, output_dir=output_dir)
+
+    assert completed.returncode == EXIT_NOT_STARTED, completed.stderr
+    assert "error" in completed.stderr
+    assert AudioFile.objects.get().status == "pending"
+    assert not PrepRun.objects.exists()
+
+
+def test_prepare_audio_zero_workers_rejected(make_wav):
+    import_audio(make_wav("a.wav"))
+
+    with pytest.raises(CommandError, match="--num_workers must be at least 1, got 0"):
+        prepare("--num_workers", "0")
+
+
+def test_dry_run_counts_failed_with_retry(make_wav, tmp_path, output_dir):
+    (tmp_path / "audio").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "audio" / "empty.wav").write_bytes(b"")
+    make_wav("good.wav")
+    import_audio(tmp_path / "audio")
+    prepare()
+
+    out = prepare("--dry-run", "--retry_failed")
+
+    assert "would prepare 1 of 1 pending files" in out
+    assert AudioFile.objects.get(path__endswith="empty.wav").status == "failed"
+
+
+def test_dry_run_rejects_unusable_model(make_wav, tmp_path):
+    import_audio(make_wav("a.wav"))
+    model = tmp_path / "not_a_model.onnx"
+    model.write_text("not a model")
+
+    with pytest.raises(CommandError, match="could not start"):
+        prepare("--dry-run", "--model_for_vad", str(model))

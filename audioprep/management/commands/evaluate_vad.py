@@ -69,6 +69,7 @@ class Command(BaseCommand):
         parser.add_argument("--sweep", action="store_true", help="Also try a grid of " + ", ".join(SWEEP_GRID) + " and report the best by detection error rate.")
 
     def handle(self, *args, **options) -> None:
+        service.configure_stderr_log(options["verbosity"])
         folder = Path(options["folder"])
         if not folder.is_dir():
             raise CommandError(f"folder not found: {folder}")
