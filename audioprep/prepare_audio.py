@@ -186,6 +186,7 @@ class PrepareAudio:
         self._pool_rebuilds = 0
         self._pool_lock: asyncio.Lock | None = None
         self._culprits: dict[int, dict[int, int]] = {}
+        self._seen_processes: dict = {}
         self._num_workers = 0
         self._results: asyncio.Queue | None = None
         self._stop_signal: int | None = None
@@ -506,7 +507,7 @@ class PrepareAudio:
         executor.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
-    def _dead_workers(executor: ProcessPoolExecutor) -> dict[int, int]:
+    def _dead_workers(executor: ProcessPoolExecutor, seen: dict | None = None, pids: set[int] | None = None) -> dict[int, int]:
         """Return {pid: exit code} of the pool's processes that died.
 
         NOTE: exit codes are only available through the executor's private
@@ -514,7 +515,9 @@ class PrepareAudio:
         and the files in flight are retried with their attempt counted.
         """
         dead = {}
-        for pid, process in list((getattr(executor, "_processes", None) or {}).items()):
+        processes = {pid: process for pid, process in (seen or {}).items() if pids is None or pid in pids}
+        processes.update(getattr(executor, "_processes", None) or {})
+        for pid, process in list(processes.items()):
             # The executor's own thread may reap the process first; its exit
             # code then shows up here a moment later.
             for _ in range(10):
@@ -541,7 +544,11 @@ class PrepareAudio:
         generation = self._pool_generation
         table = self._slot_table
         try:
-            return await loop.run_in_executor(executor, process_audio_sync, task)
+            future = loop.run_in_executor(executor, process_audio_sync, task)
+            # Keep the worker Process objects: when the pool breaks, the
+            # executor may drop its own map before the dead worker is looked up.
+            self._seen_processes.update(getattr(executor, "_processes", None) or {})
+            return await future
         except BrokenProcessPool:
             pass
         except RuntimeError:
@@ -577,7 +584,7 @@ class PrepareAudio:
             if generation in self._culprits:
                 return self._culprits[generation]
             holders = worker_state.holders(table)
-            dead = self._dead_workers(executor)
+            dead = self._dead_workers(executor, self._seen_processes, worker_state.pids(table))
             suspects = self._culprit_codes(dead)
             certain = all(code != -signal.SIGTERM for code in suspects.values())
             culprits = {holders[pid]: code for pid, code in suspects.items() if pid in holders}
