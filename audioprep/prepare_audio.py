@@ -1,11 +1,11 @@
 """Run the pipeline over pending `AudioFile` rows: asyncio queue + process pool.
 
 `PrepareAudio.fetch` claims rows in batches and puts one task per file on
-a bounded `QueueManager` queue; `num_workers` `PrepareAudio.worker`
-coroutines take tasks and await `process_audio_sync` in a
-`ProcessPoolExecutor`. Only this process writes to the database, always
-from one dedicated thread, so the event loop never blocks on a query and a
-run holds one database connection.
+a bounded `QueueManager` queue. `PrepareAudio.worker` coroutines, two per
+worker process, take tasks and await `process_audio_sync` in a
+`ProcessPoolExecutor` of `num_workers` processes. Only this process writes
+to the database, always from one dedicated thread, so the event loop never
+blocks on a query and a run holds one database connection.
 
 Usage, once Django is set up::
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import OUTPUT_SAMPLE_RATE
 from .errors import DecodeError, EmptyInputError, EnvironmentCheckError, InputIOError, OutputError
-from .wav_reader import WavLayout, iter_wav, parse_wav
+from .wav_reader import WavLayout, header_duration, iter_wav, parse_wav
 
 try:
     import av
@@ -73,41 +73,6 @@ class SourceInfo:
             if claimed is not None and abs(claimed - self.duration) > max(0.1, 0.02 * self.duration):
                 return True
         return False
-
-
-def wav_header_duration(path: str) -> float | None:
-    """Return the duration a RIFF/WAVE header announces, or None if it states none.
-
-    Streamed and unfinalised files carry 0 or 0xFFFFFFFF as data size; those
-    announce nothing and return None.
-    """
-    import struct
-
-    try:
-        with open(path, "rb") as stream:
-            header = stream.read(12)
-            if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-                return None
-            byte_rate = None
-            while True:
-                chunk = stream.read(8)
-                if len(chunk) < 8:
-                    return None
-                chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-                if chunk_id == b"fmt ":
-                    fmt = stream.read(size)
-                    if len(fmt) >= 12:
-                        byte_rate = struct.unpack("<I", fmt[8:12])[0]
-                    if size % 2:
-                        stream.read(1)
-                elif chunk_id == b"data":
-                    if size in (0, 0xFFFFFFFF) or not byte_rate:
-                        return None
-                    return size / byte_rate
-                else:
-                    stream.seek(size + size % 2, os.SEEK_CUR)
-    except (OSError, struct.error):
-        return None
 
 
 def check_decoder() -> str:
@@ -265,7 +230,7 @@ class PcmStream:
         if info.sample_rate <= 0:
             raise DecodeError(f"invalid sample rate {info.sample_rate} in {info.codec} stream")
         if info.container == "wav":
-            info.wav_header_duration = wav_header_duration(self.path)
+            info.wav_header_duration = header_duration(self.path)
         return stream
 
     def _frames(self, stream) -> Iterator:
@@ -313,7 +278,7 @@ class PcmStream:
         info.codec = layout.codec
         info.sample_rate = layout.sample_rate
         info.channels = layout.channels
-        info.wav_header_duration = wav_header_duration(self.path)
+        info.wav_header_duration = header_duration(self.path)
         num_frames = 0
         for mono, interleaved in iter_wav(self.path, layout, CHUNK_SAMPLES):
             if mono is not None:

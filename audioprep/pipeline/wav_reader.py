@@ -55,8 +55,8 @@ class WavLayout:
         return self.channels * self.bits_per_sample // 8
 
 
-def parse_wav(path: str, file_size: int) -> WavLayout | None:
-    """Return the layout of a plain PCM or float WAV file, or None for anything else."""
+def read_wav_header(path: str) -> tuple[bytes | None, int, int] | None:
+    """Return (fmt chunk, data offset, data size as stated) of a RIFF/WAVE file, or None."""
     try:
         with open(path, "rb") as stream:
             header = stream.read(12)
@@ -73,11 +73,36 @@ def parse_wav(path: str, file_size: int) -> WavLayout | None:
                     if size % 2:
                         stream.read(1)
                 elif chunk_id == b"data":
-                    return _layout(fmt, stream.tell(), size, file_size)
+                    return fmt, stream.tell(), size
                 else:
                     stream.seek(size + size % 2, 1)
     except (OSError, struct.error):
         return None
+
+
+def header_duration(path: str) -> float | None:
+    """Return the duration a WAV header announces, or None if it states none.
+
+    Streamed and unfinalised files carry 0 or 0xFFFFFFFF as data size; those
+    announce nothing and return None.
+    """
+    header = read_wav_header(path)
+    if header is None:
+        return None
+    fmt, _offset, size = header
+    if fmt is None or len(fmt) < 12 or size in UNKNOWN_SIZES:
+        return None
+    byte_rate = struct.unpack("<I", fmt[8:12])[0]
+    return size / byte_rate if byte_rate else None
+
+
+def parse_wav(path: str, file_size: int) -> WavLayout | None:
+    """Return the layout of a plain PCM or float WAV file, or None for anything else."""
+    header = read_wav_header(path)
+    if header is None:
+        return None
+    fmt, data_offset, size = header
+    return _layout(fmt, data_offset, size, file_size)
 
 
 def _layout(fmt: bytes | None, data_offset: int, header_size: int, file_size: int) -> WavLayout | None:
