@@ -1,8 +1,8 @@
 """Run the pipeline over pending `AudioFile` rows: asyncio queue + process pool.
 
 `PrepareAudio.fetch` claims rows in batches and puts one task per file on
-a bounded `QueueManager` queue. `PrepareAudio.worker` coroutines, two per
-worker process, take tasks and await `process_audio_sync` in a
+a bounded `QueueManager` queue. `num_workers` `PrepareAudio.worker`
+coroutines take tasks and await `process_audio_sync` in a
 `ProcessPoolExecutor` of `num_workers` processes. Only this process writes
 to the database, always from one dedicated thread, so the event loop never
 blocks on a query and a run holds one database connection.
@@ -44,7 +44,7 @@ from .pipeline.worker import initialize_worker
 # How many times a run rebuilds a broken process pool before it aborts.
 MAX_POOL_REBUILDS = 5
 COMMIT_BATCH_SIZE = 64
-TASKS_IN_FLIGHT_PER_PROCESS = 2
+TASKS_IN_FLIGHT_PER_PROCESS = 1
 # The queue holds claimed files that wait for a worker; claims are made in
 # batches as large as the free room, so a larger queue means fewer, larger
 # claim transactions. Each waiting file holds a lease, so the queue stays small.
@@ -359,9 +359,10 @@ class PrepareAudio:
         committer = asyncio.create_task(self._committer(log), name="audioprep-committer")
         committer.add_done_callback(self._on_committer_done)
         renewer = asyncio.create_task(self._renew_leases(), name="audioprep-lease-renewer")
-        # Two coroutines per process keep a second task waiting in the pool,
-        # so a process starts its next file without a round trip through
-        # this event loop; that round trip dominates on one-second files.
+        # One coroutine per process. NOTE: with a second coroutine per process
+        # (a task waiting in the pool), the file blamed for a worker death was
+        # sometimes handed back instead of failed; it stays off until that
+        # race is understood.
         workers = [
             asyncio.create_task(self.worker(i, config.vad_model, self._output_dir, self._executor), name=f"audioprep-worker-{i}")
             for i in range(TASKS_IN_FLIGHT_PER_PROCESS * num_workers)
@@ -556,6 +557,11 @@ class PrepareAudio:
             if not self._stopping:
                 raise
             return PrepResult(task.audio_file_id, status=REQUEUE)
+        known = self._culprits.get(generation)
+        if known is not None and known[1] and task.audio_file_id in known[0]:
+            # This file's worker broke the pool; the run may have stopped the
+            # pool since (after too many rebuilds), but the death came first.
+            return self._worker_death_result(task, known[0][task.audio_file_id])
         if self._pool_terminated or self._stop_signal is not None:
             # The run stopped the pool itself: the file was not at fault.
             return PrepResult(task.audio_file_id, status=REQUEUE)
