@@ -48,14 +48,14 @@ def prepare_audio(
     verbosity: int = 1,
 ) -> None:
     """Prepare pending audio files; exits with the status manage.py prepare_audio documents."""
-    given = dict(locals())
+    values = dict(locals())
     _setup_django()
     from django.core.management.base import OutputWrapper
 
     from . import service
     from .runs import EXIT_NOT_STARTED
 
-    options = _parse_like_manage_py(given)
+    options = _parse_like_manage_py(values)
     stdout = OutputWrapper(sys.stdout)
     try:
         summary = service.prepare(options, stdout=stdout)
@@ -67,7 +67,7 @@ def prepare_audio(
         raise SystemExit(summary.exit_code)
 
 
-def _parse_like_manage_py(given: dict) -> dict:
+def _parse_like_manage_py(values: dict) -> dict:
     """Check and convert fire's values with the parser manage.py uses; exit 2 on a bad value."""
     import argparse
 
@@ -77,7 +77,7 @@ def _parse_like_manage_py(given: dict) -> dict:
     service.add_prepare_arguments(parser)
     parser.add_argument("--verbosity", type=int, choices=[0, 1, 2, 3], default=1)
     argv = []
-    for name, value in given.items():
+    for name, value in values.items():
         if value is None or value is False:
             continue
         argv.append(f"--{name}")

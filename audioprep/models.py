@@ -6,7 +6,7 @@ from django.db import models
 
 
 class AudioFile(models.Model):
-    """One source recording and where it stands in the pipeline."""
+    """One source recording and its state in the pipeline."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "pending"
@@ -103,7 +103,7 @@ class PrepRun(models.Model):
 
 
 class FileResult(models.Model):
-    """What one run did to one file; kept when the file is prepared again later."""
+    """Outcome of one file in one run, kept when the file is prepared again later."""
 
     run = models.ForeignKey(PrepRun, on_delete=models.CASCADE, related_name="results")
     audio_file = models.ForeignKey(AudioFile, on_delete=models.CASCADE, related_name="results")

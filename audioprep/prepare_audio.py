@@ -5,7 +5,8 @@ a bounded `QueueManager` queue. `num_workers` `PrepareAudio.worker`
 coroutines take tasks and await `process_audio_sync` in a
 `ProcessPoolExecutor` of `num_workers` processes. Only this process writes
 to the database, always from one dedicated thread, so the event loop never
-blocks on a query and a run holds one database connection.
+blocks on a query. A run uses at most two database connections (the PostgreSQL
+tests check this in pg_stat_activity).
 
 Usage, once Django is set up::
 
@@ -45,9 +46,9 @@ from .pipeline.worker import initialize_worker
 MAX_POOL_REBUILDS = 5
 COMMIT_BATCH_SIZE = 64
 TASKS_IN_FLIGHT_PER_PROCESS = 1
-# The queue holds claimed files that wait for a worker; claims are made in
+# The queue contains claimed files that wait for a worker; claims are made in
 # batches as large as the free room, so a larger queue means fewer, larger
-# claim transactions. Each waiting file holds a lease, so the queue stays small.
+# claim transactions. Each waiting file keeps a lease, so the queue stays small.
 QUEUE_SIZE_PER_WORKER = 4
 QUEUE_MIN_SIZE = 8
 # SQLite "database is locked" errors are retried this many times, with the

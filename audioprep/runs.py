@@ -158,7 +158,7 @@ def manifest_line(path: str, duration: float, source_id: int, source_path: str, 
 
 
 def _write_if_changed(path: Path, lines) -> bool:
-    """Write `lines` to `path` atomically unless it already holds exactly them."""
+    """Write `lines` to `path` atomically unless it already contains exactly them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()

@@ -135,12 +135,16 @@ def prepare(options: dict[str, Any], stdout=None, style=None, progress_stream=No
     if options.get("dry_run"):
         return _dry_run(options, config, model_for_vad, num_workers, limit, output_dir, stdout)
 
+    progress = None
+    if progress_stream is not None:
+        planned = count_pending() if limit is None else limit
+        progress = _progress_printer(progress_stream, planned)
     preparer = PrepareAudio(
         config,
         limit=limit,
         retry_failed=options.get("retry_failed", False),
         recover_stale=options.get("recover_stale", False),
-        on_progress=_progress_printer(progress_stream, count_pending() if limit is None else limit) if progress_stream else None,
+        on_progress=progress,
         log_level="DEBUG" if verbosity >= 3 else "INFO",
     )
     # From here on all ORM work goes through the run's database thread. A

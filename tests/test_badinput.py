@@ -91,7 +91,8 @@ def files_of(output_dir: Path, audio_file_id: int) -> list[Path]:
 def check_wav(path: Path) -> int:
     """Assert `path` is a complete 16 kHz mono 16-bit PCM WAV; return its frame count."""
     data = path.read_bytes()
-    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE", path
+    assert data[:4] == b"RIFF", path
+    assert data[8:12] == b"WAVE", path
     assert struct.unpack("<I", data[4:8])[0] == len(data) - 8, f"{path}: RIFF size does not match the file size"
     offset = 12
     fmt = None
@@ -102,7 +103,10 @@ def check_wav(path: Path) -> int:
             fmt = struct.unpack("<HHIIHH", body[:16])
         elif chunk_id == b"data":
             assert fmt is not None, f"{path}: data before fmt"
-            assert fmt[0] == 1 and fmt[1] == 1 and fmt[2] == 16000 and fmt[5] == 16, f"{path}: format {fmt}"
+            assert fmt[0] == 1, f"{path}: format tag {fmt[0]}, expected 1 (PCM)"
+            assert fmt[1] == 1, f"{path}: {fmt[1]} channels, expected 1"
+            assert fmt[2] == 16000, f"{path}: sample rate {fmt[2]}, expected 16000"
+            assert fmt[5] == 16, f"{path}: {fmt[5]} bits per sample, expected 16"
             assert offset + 8 + size == len(data), f"{path}: data size {size} does not match the bytes present"
             assert size % 2 == 0, path
             return size // 2

@@ -26,7 +26,7 @@ class InputIOError(PrepError):
 
 
 class EmptyInputError(PrepError):
-    """The source holds no bytes or no samples."""
+    """The source contains no bytes or no samples."""
 
     category = "empty"
 

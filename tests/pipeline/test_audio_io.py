@@ -21,7 +21,7 @@ def level_db(samples: np.ndarray) -> float:
 
 
 def write_pcm_wav(path: Path, signal: np.ndarray, sample_rate: int, codec: str) -> Path:
-    """Write `signal` (float, mono) with any PCM codec PyAV knows, e.g. pcm_s24le or pcm_f64le."""
+    """Write `signal` (float, mono) with any PCM codec PyAV supports, e.g. pcm_s24le or pcm_f64le."""
     with av.open(str(path), "w", format="wav") as container:
         stream = container.add_stream(codec, rate=sample_rate, layout="mono")
         frame = av.AudioFrame.from_ndarray(signal[None, :].astype(np.float32), format="fltp", layout="mono")
