@@ -44,7 +44,7 @@ with warnings.catch_warnings():
 RAW_PCM_SUFFIXES = (".pcm", ".raw", ".s16", ".s16le")
 # Decoded chunks are gathered to about this many output samples before they
 # are handed on, which keeps per-chunk Python overhead low.
-CHUNK_SAMPLES = OUTPUT_SAMPLE_RATE // 2
+CHUNK_SAMPLES = 2 * OUTPUT_SAMPLE_RATE
 MAX_DECODE_WARNINGS_KEPT = 5
 
 
@@ -187,6 +187,7 @@ class PcmStream:
         self._logs: list = []
         # Set when the file is a 16 kHz PCM WAV that is read without FFmpeg.
         self._wav_layout: WavLayout | None = None
+        self._frame_resampler = None
 
     def __enter__(self) -> PcmStream:
         if av is None:
@@ -296,46 +297,116 @@ class PcmStream:
             yield from self._iter_wav(self._wav_layout)
             return
         stream = self._select_stream()
-        # Resampling keeps all channels, so a chosen channel can be taken after
-        # it; libswresample's default filter attenuates content above the
-        # output Nyquist frequency by more than 60 dB. Packed samples and
-        # fixed-size output frames keep the per-frame Python work small: the
-        # resampler buffers its output and returns one CHUNK_SAMPLES frame at
-        # a time, and the downmix runs once per chunk.
-        resampler = av.AudioResampler(format="flt", layout=None, rate=OUTPUT_SAMPLE_RATE, frame_size=CHUNK_SAMPLES)
-        pending: list[np.ndarray] = []
-        pending_samples = 0
-        channels = 0
+        # Decoded frames are short (20-90 ms), and each call into PyAV's
+        # resampler costs more than the resampling itself, so frames are
+        # gathered into blocks of about CHUNK_SAMPLES output samples; each
+        # block is mixed down (or its channel taken) and resampled in one
+        # call. libswresample's default filter attenuates content above the
+        # output Nyquist frequency by more than 60 dB.
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=OUTPUT_SAMPLE_RATE)
+        block: list = []
+        block_samples = 0
+        block_key = None
         decoded_seconds = 0.0
         for frame in self._frames(stream):
-            if frame.sample_rate:
-                decoded_seconds += frame.samples / frame.sample_rate
-            try:
-                converted = resampler.resample(frame)
-            except (av.error.FFmpegError, ValueError) as exc:
-                raise DecodeError(f"resampling failed: {_ffmpeg_detail(exc, self._logs)}") from exc
-            for out in converted:
-                # PyAV's resampler (checked in 18.1) raises ValueError for a
-                # frame whose layout differs from the first frame's, so every
-                # output frame has the same channel count.
-                channels = out.layout.nb_channels
-                pending.append(out.to_ndarray().reshape(-1))
-                pending_samples += out.samples
-            if pending_samples >= CHUNK_SAMPLES:
-                yield self._chunk(pending, channels)
-                pending, pending_samples = [], 0
-        for out in resampler.resample(None):
-            channels = out.layout.nb_channels
-            pending.append(out.to_ndarray().reshape(-1))
+            rate = frame.sample_rate
+            if not rate:
+                continue
+            key = (frame.format.name, frame.layout.name, rate)
+            if block and key != block_key:
+                yield from self._resample_block(resampler, block, block_key)
+                block, block_samples = [], 0
+            block_key = key
+            block.append(frame)
+            block_samples += frame.samples
+            decoded_seconds += frame.samples / rate
+            if block_samples * OUTPUT_SAMPLE_RATE >= CHUNK_SAMPLES * rate:
+                yield from self._resample_block(resampler, block, block_key)
+                block, block_samples = [], 0
+        if block:
+            yield from self._resample_block(resampler, block, block_key)
+        yield from self._converted(resampler, None)
+        if self._frame_resampler is not None:
+            yield from self._converted(self._frame_resampler, None)
         self.info.duration = decoded_seconds
-        if pending:
-            chunk = self._chunk(pending, channels)
-            if chunk.size:
-                yield chunk
         if decoded_seconds <= 0:
             if self.info.num_decode_errors:
                 raise DecodeError(f"no decodable audio: {self.info.decode_warnings[0]}")
             raise EmptyInputError("no samples")
+
+    def _resample_block(self, resampler, frames: list, key: tuple) -> Iterator[np.ndarray]:
+        """Resample consecutive frames of one format, layout and rate; yield 16 kHz mono chunks."""
+        mono = self._mono_samples(frames, key[0])
+        if mono is None:
+            # A sample format numpy cannot read: let FFmpeg convert frame by
+            # frame, keeping every channel, and mix down after resampling.
+            if self._frame_resampler is None:
+                self._frame_resampler = av.AudioResampler(format="flt", layout=None, rate=OUTPUT_SAMPLE_RATE)
+            for frame in frames:
+                frame.pts = None
+                yield from self._converted(self._frame_resampler, frame)
+            return
+        joined = av.AudioFrame.from_ndarray(mono.reshape(1, -1), format="flt", layout="mono")
+        joined.sample_rate = key[2]
+        yield from self._converted(resampler, joined)
+
+    def _mono_samples(self, frames: list, format_name: str) -> np.ndarray | None:
+        """Return the chosen channel, or the mean of all, of `frames` as float32 in [-1, 1).
+
+        Mixing before resampling halves the resampler's work for stereo and
+        gives the same result up to float rounding, because both are linear.
+        Returns None for a sample format without a numpy type.
+        """
+        planar = format_name.endswith("p")
+        kind = _SAMPLE_KINDS.get(format_name[:-1] if planar else format_name)
+        if kind is None:
+            return None
+        dtype, offset, scale = kind
+        channels = frames[0].layout.nb_channels
+        if planar:
+            planes = [
+                np.concatenate([np.frombuffer(frame.planes[i], dtype, frame.samples) for frame in frames])
+                for i in range(channels)
+            ]
+        else:
+            interleaved = np.concatenate([np.frombuffer(frame.planes[0], dtype, frame.samples * channels) for frame in frames])
+            planes = [interleaved[i::channels] for i in range(channels)]
+        if self.channel == "left" or channels == 1:
+            mixed = planes[0].astype(np.float32)
+        elif self.channel == "right":
+            mixed = planes[1].astype(np.float32)
+        else:
+            mixed = planes[0].astype(np.float32)
+            for plane in planes[1:]:
+                mixed += plane
+            mixed /= channels
+        if offset:
+            mixed -= offset
+        if scale != 1.0:
+            mixed *= np.float32(scale)
+        return mixed
+
+    def _converted(self, resampler, frame) -> Iterator[np.ndarray]:
+        try:
+            converted = resampler.resample(frame)
+        except (av.error.FFmpegError, ValueError) as exc:
+            # PyAV's resampler (checked in 18.1) raises ValueError for a frame
+            # whose layout differs from the first frame's.
+            raise DecodeError(f"resampling failed: {_ffmpeg_detail(exc, self._logs)}") from exc
+        for out in converted:
+            if out.samples:
+                yield self._chunk([out.to_ndarray().reshape(-1)], out.layout.nb_channels)
+
+
+# numpy type, offset and scale that map FFmpeg's packed sample formats to
+# floats in [-1, 1), as libswresample converts them; planar ones add a "p".
+_SAMPLE_KINDS = {
+    "u8": (np.uint8, 128.0, 1 / 128),
+    "s16": (np.int16, 0.0, 1 / 32768),
+    "s32": (np.int32, 0.0, 1 / 2147483648),
+    "flt": (np.float32, 0.0, 1.0),
+    "dbl": (np.float64, 0.0, 1.0),
+}
 
 
 def decode_to_pcm(path: str, channel: str = "mix") -> tuple[np.ndarray, SourceInfo]:

@@ -32,6 +32,10 @@ from .config import OUTPUT_SAMPLE_RATE, PrepConfig
 # seconds of recent audio.
 NOISE_FLOOR_WINDOW_S = 10.0
 NOISE_FLOOR_PERCENTILE = 10
+# Frames are decided in blocks of this many seconds, and the noise floor is
+# updated once per block. The blocks are counted from the first frame, so
+# the segments do not depend on how the audio was split into chunks.
+DECISION_BLOCK_S = 0.5
 SILENCE_DBFS = -100.0
 
 
@@ -77,6 +81,10 @@ class Segmenter:
         self._merging: Span | None = None
         self.num_frames = 0
         self._in_speech = False
+        self.block_frames = max(1, round(DECISION_BLOCK_S * 1000 / frame_ms))
+        # Frames received but not yet decided: the rest of an incomplete block.
+        self._waiting_scores = np.zeros(0, dtype=np.float32)
+        self._waiting_levels = np.zeros(0, dtype=np.float32)
         # Ring buffer of recent frame levels for the noise floor.
         self._history = np.empty(int(NOISE_FLOOR_WINDOW_S * 1000 / frame_ms), dtype=np.float32)
         self._history_size = 0
@@ -123,32 +131,55 @@ class Segmenter:
         return below + (above - below) * fraction
 
     def decide(self, scores: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        """Apply hysteresis and the energy gate to one block of frames."""
+        """Apply hysteresis and the energy gate to whole decision blocks of frames (the last may be partial)."""
         config = self.config
+        # Compared in double precision, as Python floats are.
+        scores = scores.astype(np.float64)
+        speech = scores >= config.speech_threshold
+        silence = scores < config.release_threshold
         if config.energy_gate_db > 0:
-            gate = self._noise_floor(levels) + config.energy_gate_db
-            gated = ((levels < gate) & (scores < config.gate_bypass_score)).tolist()
-        else:
-            gated = [False] * scores.shape[0]
-        decisions = np.zeros(scores.shape[0], dtype=bool)
-        in_speech = self._in_speech
-        for i, score in enumerate(scores.tolist()):
-            threshold = config.release_threshold if in_speech else config.speech_threshold
-            in_speech = score >= threshold and not gated[i]
-            decisions[i] = in_speech
-        self._in_speech = in_speech
+            # One noise floor per block, from the history up to the block's end.
+            block = self.block_frames
+            floors = np.array([self._noise_floor(levels[start : start + block]) for start in range(0, levels.size, block)])
+            gate = np.repeat(floors, block)[: levels.size] + config.energy_gate_db
+            gated = (levels < gate) & (scores < config.gate_bypass_score)
+            speech &= ~gated
+            silence |= gated
+        # A frame between the two thresholds keeps the state of the frame
+        # before it (release_threshold <= speech_threshold always holds).
+        indices = np.arange(scores.shape[0])
+        settled = np.maximum.accumulate(np.where(speech | silence, indices, -1))
+        decisions = np.where(settled >= 0, speech[np.maximum(settled, 0)], self._in_speech)
+        if decisions.size:
+            self._in_speech = bool(decisions[-1])
         return decisions
 
     # -- span state machine ----------------------------------------------
 
     def push(self, scores: np.ndarray, levels: np.ndarray) -> list[Span]:
+        """Add the scores and levels of the next frames; return the spans that became final."""
+        if self._waiting_scores.size:
+            scores = np.concatenate((self._waiting_scores, scores))
+            levels = np.concatenate((self._waiting_levels, levels))
+        ready = scores.shape[0] - scores.shape[0] % self.block_frames
+        self._waiting_scores = scores[ready:]
+        self._waiting_levels = levels[ready:]
+        if ready:
+            self._step_block(scores[:ready], levels[:ready])
+        return self._merge(self._release(final=False), final=False)
+
+    def _step_block(self, scores: np.ndarray, levels: np.ndarray) -> None:
+        """Decide whole blocks of frames (the last may be partial) and feed them to the state machine."""
         decisions = self.decide(scores, levels)
         confirmed = (decisions & (scores >= self.config.confirm_score)).tolist()
         for is_speech, level, is_confirmed in zip(decisions.tolist(), levels.tolist(), confirmed):
             self._step(is_speech, level, is_confirmed)
-        return self._merge(self._release(final=False), final=False)
 
     def finish(self) -> list[Span]:
+        if self._waiting_scores.size:
+            self._step_block(self._waiting_scores, self._waiting_levels)
+            self._waiting_scores = self._waiting_scores[:0]
+            self._waiting_levels = self._waiting_levels[:0]
         if self._open_start is not None:
             self._close(self._last_speech + 1)
         return self._merge(self._release(final=True), final=True)

@@ -286,3 +286,54 @@ def test_merge_off_by_default():
 def test_merge_target_above_max_rejected():
     with pytest.raises(ValueError, match="merge_target_s must be between 0"):
         PrepConfig(max_segment_s=10.0, merge_target_s=12.0)
+
+
+def test_gated_segments_do_not_depend_on_block_size():
+    # With the energy gate on, the noise floor is updated per decision block
+    # counted from the first frame, not per chunk the caller happens to push.
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(10, 80, 80)
+    speech = np.repeat(np.arange(lengths.size) % 2 == 1, lengths)
+    # Scores overlap between the two kinds of region, so the gate and the
+    # hysteresis both decide some frames.
+    scores = np.clip(np.where(speech, 0.7, 0.3) + rng.normal(0, 0.2, speech.size), 0, 1).astype(np.float32)
+    levels = (np.where(speech, -30.0, -50.0) + rng.normal(0, 6, speech.size)).astype(np.float32)
+    config = PrepConfig()
+    expected = run_segmenter(config, scores, levels, block=1)
+    assert len(expected) > 10
+    for block in (7, 17, 67, 4000):
+        assert run_segmenter(config, scores, levels, block=block) == expected
+
+
+def _whole_file_segments(path: Path, config: PrepConfig) -> list[tuple[float, float]]:
+    """Segment a file the non-streaming way: decode it whole, score every frame at once."""
+    from audioprep.pipeline.audio_io import decode_to_pcm
+    from audioprep.pipeline.segment import frame_levels_dbfs
+    from audioprep.pipeline.vad import create_detector
+
+    samples, info = decode_to_pcm(str(path), config.channel)
+    usable = samples.size - samples.size % config.frame_samples
+    frames = samples[:usable].reshape(-1, config.frame_samples)
+    segmenter = Segmenter(config)
+    spans = segmenter.push(create_detector(config).score(frames), frame_levels_dbfs(frames))
+    spans += segmenter.finish()
+    return [(span.start / OUTPUT_SAMPLE_RATE, min(span.end, samples.size) / OUTPUT_SAMPLE_RATE) for span in spans]
+
+
+@pytest.mark.corpus
+def test_streaming_matches_whole_file_on_corpus(corpus_dir, tmp_path):
+    config = PrepConfig()
+    frame_s = config.frame_ms / 1000
+    names = sorted(set(_manifest_files(corpus_dir)))
+    compared = 0
+    for index, name in enumerate(names):
+        result = process_audio_sync(PrepTask(audio_file_id=index, path=str(corpus_dir / name), output_dir=str(tmp_path), config=config))
+        assert result.status in ("done", "no_speech"), f"{name}: {result.reason}"
+        streamed = [(segment.start, segment.end) for segment in result.segments]
+        whole = _whole_file_segments(corpus_dir / name, config)
+        assert len(streamed) == len(whole), f"{name}: {len(streamed)} segments streamed, {len(whole)} from the whole file"
+        for (start, end), (whole_start, whole_end) in zip(streamed, whole):
+            assert abs(start - whole_start) <= frame_s, f"{name}: segment starts {start} and {whole_start}"
+            assert abs(end - whole_end) <= frame_s, f"{name}: segment ends {end} and {whole_end}"
+        compared += len(streamed)
+    assert compared > 100
