@@ -288,7 +288,7 @@ def test_merge_target_above_max_rejected():
         PrepConfig(max_segment_s=10.0, merge_target_s=12.0)
 
 
-def test_gated_segments_do_not_depend_on_block_size():
+def test_gated_spans_ignore_block_size():
     # With the energy gate on, the noise floor is updated per decision block
     # counted from the first frame, not per chunk the caller happens to push.
     rng = np.random.default_rng(1)
@@ -321,7 +321,7 @@ def _whole_file_segments(path: Path, config: PrepConfig) -> list[tuple[float, fl
 
 
 @pytest.mark.corpus
-def test_streaming_matches_whole_file_on_corpus(corpus_dir, tmp_path):
+def test_streaming_matches_whole_file(corpus_dir, tmp_path):
     config = PrepConfig()
     frame_s = config.frame_ms / 1000
     names = sorted(set(_manifest_files(corpus_dir)))
