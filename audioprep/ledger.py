@@ -139,7 +139,8 @@ def commit_results(run: PrepRun, token: str, results: list[PrepResult], config_h
 
     A result whose row is no longer claimed by `token` (its lease expired
     and another run took it) is not recorded. Returns each recorded result
-    with the status its row ended in.
+    with the status its row ended in. The statements are set-based, so a
+    batch costs a few queries whatever its size.
     """
     now = timezone.now()
     recorded = []
@@ -147,24 +148,19 @@ def commit_results(run: PrepRun, token: str, results: list[PrepResult], config_h
         rows = AudioFile.objects.filter(
             id__in=[result.audio_file_id for result in results], status=Status.PROCESSING, claimed_by=token
         ).select_for_update()
-        by_id = {row.id: row for row in rows}
+        attempts = dict(rows.values_list("id", "attempts"))
         for result in results:
-            row = by_id.get(result.audio_file_id)
-            if row is None:
+            if result.audio_file_id not in attempts:
                 logger.warning("file {}: claim lost before its result was recorded; result dropped", result.audio_file_id)
                 continue
-            status = _final_status(result, row.attempts, max_attempts)
-            _apply_result(row, result, status, run, config_hash, now)
-            recorded.append((result, status))
-    return recorded
-
-
-def _apply_result(row: AudioFile, result: PrepResult, status: str, run: PrepRun, config_hash: str, now) -> None:
-    Segment.objects.filter(audio_file=row).delete()
-    if status == Status.DONE:
+            recorded.append((result, _final_status(result, attempts[result.audio_file_id], max_attempts)))
+        if not recorded:
+            return recorded
+        ids = [result.audio_file_id for result, _status in recorded]
+        Segment.objects.filter(audio_file_id__in=ids).delete()
         Segment.objects.bulk_create(
             Segment(
-                audio_file=row,
+                audio_file_id=result.audio_file_id,
                 run=run,
                 index=record.index,
                 start=record.start,
@@ -174,32 +170,66 @@ def _apply_result(row: AudioFile, result: PrepResult, status: str, run: PrepRun,
                 peak_dbfs=record.peak_dbfs,
                 rms_dbfs=record.rms_dbfs,
             )
+            for result, status in recorded
+            if status == Status.DONE
             for record in result.segments
         )
-    row.status = status
-    row.reason = result.reason if status in (Status.FAILED, Status.PENDING) else ""
-    row.claimed_by = ""
-    row.lease_until = None
-    if result.size_bytes is not None:
-        row.size_bytes = result.size_bytes
-    for name in ("checksum", "container", "codec", "sample_rate", "channels", "duration"):
-        value = getattr(result, name)
-        if value not in ("", None):
-            setattr(row, name, value)
-    row.flags = list(result.flags)
-    row.num_segments = len(result.segments) if status == Status.DONE else 0
-    row.speech_duration = round(sum(record.end - record.start for record in result.segments), 6) if status == Status.DONE else 0.0
-    row.config_hash = config_hash if status in (Status.DONE, Status.NO_SPEECH) else ""
-    row.processed_at = now
-    row.last_run = run
-    row.save()
-    FileResult.objects.update_or_create(
-        run=run,
-        audio_file=row,
-        defaults={
+        _update_rows(recorded, run, config_hash, now)
+        FileResult.objects.filter(run=run, audio_file_id__in=ids).delete()
+        FileResult.objects.bulk_create(
+            FileResult(
+                run=run,
+                audio_file_id=result.audio_file_id,
+                status=status,
+                reason=_row_reason(result, status),
+                elapsed=result.elapsed,
+                num_segments=len(result.segments) if status == Status.DONE else 0,
+            )
+            for result, status in recorded
+        )
+    return recorded
+
+
+def _row_reason(result: PrepResult, status: str) -> str:
+    return result.reason if status in (Status.FAILED, Status.PENDING) else ""
+
+
+# Columns a result sets only when the worker learned their value.
+_PROBED_FIELDS = ("size_bytes", "checksum", "container", "codec", "sample_rate", "channels", "duration")
+
+
+def _update_rows(recorded: list[tuple[PrepResult, str]], run: PrepRun, config_hash: str, now) -> None:
+    """Write the outcome of each recorded result to its row with one prepared UPDATE per set of columns.
+
+    Values go through each model field's own database conversion, as
+    `Model.save()` would do.
+    """
+    meta = AudioFile._meta
+    groups: dict[tuple[str, ...], list[list]] = {}
+    for result, status in recorded:
+        done = status == Status.DONE
+        values = {
             "status": status,
-            "reason": row.reason,
-            "elapsed": result.elapsed,
-            "num_segments": row.num_segments,
-        },
-    )
+            "reason": _row_reason(result, status),
+            "claimed_by": "",
+            "lease_until": None,
+            "flags": list(result.flags),
+            "num_segments": len(result.segments) if done else 0,
+            "speech_duration": round(sum(record.end - record.start for record in result.segments), 6) if done else 0.0,
+            "config_hash": config_hash if status in (Status.DONE, Status.NO_SPEECH) else "",
+            "processed_at": now,
+            "last_run": run.pk,
+            "updated_at": now,
+        }
+        for name in _PROBED_FIELDS:
+            value = getattr(result, name)
+            if value not in ("", None):
+                values[name] = value
+        names = tuple(values)
+        params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+        groups.setdefault(names, []).append([*params, result.audio_file_id])
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        for names, rows in groups.items():
+            assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in names)
+            cursor.executemany(f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s", rows)
