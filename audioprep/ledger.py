@@ -12,6 +12,7 @@ All functions here are synchronous and run in the run's database thread.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,11 +33,16 @@ TRANSIENT_CATEGORIES = ("worker", "db")
 
 @dataclass(frozen=True)
 class Claim:
-    """A claimed row: its id, path and the attempt number this claim started."""
+    """A claimed row: its id, path and the attempt number this claim started.
+
+    `fresh` is True when no run ever claimed the row before, so no earlier
+    attempt can have left outputs behind.
+    """
 
     audio_file_id: int
     path: str
     attempt: int
+    fresh: bool = False
 
 
 def _supports_skip_locked() -> bool:
@@ -52,9 +58,11 @@ def claim_batch(run: PrepRun, token: str, size: int, lease_seconds: int) -> list
         candidates = AudioFile.objects.filter(status=Status.PENDING).order_by("id")
         if _supports_skip_locked():
             candidates = candidates.select_for_update(skip_locked=True)
-        ids = list(candidates.values_list("id", flat=True)[:size])
-        if not ids:
+        candidates = list(candidates.values_list("id", "last_run_id")[:size])
+        if not candidates:
             return []
+        ids = [pk for pk, _last_run in candidates]
+        fresh = {pk for pk, last_run in candidates if last_run is None}
         AudioFile.objects.filter(id__in=ids, status=Status.PENDING).update(
             status=Status.PROCESSING,
             claimed_by=token,
@@ -64,7 +72,7 @@ def claim_batch(run: PrepRun, token: str, size: int, lease_seconds: int) -> list
             updated_at=now,
         )
         rows = AudioFile.objects.filter(id__in=ids, status=Status.PROCESSING, claimed_by=token)
-        return [Claim(pk, path, attempts) for pk, path, attempts in rows.order_by("id").values_list("id", "path", "attempts")]
+        return [Claim(pk, path, attempts, pk in fresh) for pk, path, attempts in rows.order_by("id").values_list("id", "path", "attempts")]
 
 
 def count_pending() -> int:
@@ -139,8 +147,11 @@ def commit_results(run: PrepRun, token: str, results: list[PrepResult], config_h
 
     A result whose row is no longer claimed by `token` (its lease expired
     and another run took it) is not recorded. Returns each recorded result
-    with the status its row ended in. The statements are set-based, so a
-    batch costs a few queries whatever its size.
+    with the status its row ended in.
+
+    This runs once per batch of results and dominates the database cost of
+    short files, so it uses one set-based DELETE and one prepared statement
+    (executemany) per table instead of model instances.
     """
     now = timezone.now()
     recorded = []
@@ -158,35 +169,25 @@ def commit_results(run: PrepRun, token: str, results: list[PrepResult], config_h
             return recorded
         ids = [result.audio_file_id for result, _status in recorded]
         Segment.objects.filter(audio_file_id__in=ids).delete()
-        Segment.objects.bulk_create(
-            Segment(
-                audio_file_id=result.audio_file_id,
-                run=run,
-                index=record.index,
-                start=record.start,
-                end=record.end,
-                duration=round(record.end - record.start, 6),
-                path=record.path,
-                peak_dbfs=record.peak_dbfs,
-                rms_dbfs=record.rms_dbfs,
-            )
+        FileResult.objects.filter(run=run, audio_file_id__in=ids).delete()
+        db_now = connection.ops.adapt_datetimefield_value(now)
+        segments = [
+            (result.audio_file_id, run.pk, record.index, record.start, record.end, round(record.end - record.start, 6),
+             record.path, record.peak_dbfs, record.rms_dbfs)
             for result, status in recorded
             if status == Status.DONE
             for record in result.segments
-        )
-        _update_rows(recorded, run, config_hash, now)
-        FileResult.objects.filter(run=run, audio_file_id__in=ids).delete()
-        FileResult.objects.bulk_create(
-            FileResult(
-                run=run,
-                audio_file_id=result.audio_file_id,
-                status=status,
-                reason=_row_reason(result, status),
-                elapsed=result.elapsed,
-                num_segments=len(result.segments) if status == Status.DONE else 0,
-            )
+        ]
+        file_results = [
+            (run.pk, result.audio_file_id, status, _row_reason(result, status), result.elapsed,
+             len(result.segments) if status == Status.DONE else 0, db_now)
             for result, status in recorded
-        )
+        ]
+        with connection.cursor() as cursor:
+            if segments:
+                cursor.executemany(_insert_sql(Segment, _SEGMENT_FIELDS), segments)
+            cursor.executemany(_insert_sql(FileResult, _FILE_RESULT_FIELDS), file_results)
+            _update_rows(cursor, recorded, run, config_hash, db_now)
     return recorded
 
 
@@ -194,17 +195,26 @@ def _row_reason(result: PrepResult, status: str) -> str:
     return result.reason if status in (Status.FAILED, Status.PENDING) else ""
 
 
+_SEGMENT_FIELDS = ("audio_file", "run", "index", "start", "end", "duration", "path", "peak_dbfs", "rms_dbfs")
+_FILE_RESULT_FIELDS = ("run", "audio_file", "status", "reason", "elapsed", "num_segments", "created_at")
 # Columns a result sets only when the worker learned their value.
 _PROBED_FIELDS = ("size_bytes", "checksum", "container", "codec", "sample_rate", "channels", "duration")
 
 
-def _update_rows(recorded: list[tuple[PrepResult, str]], run: PrepRun, config_hash: str, now) -> None:
-    """Write the outcome of each recorded result to its row with one prepared UPDATE per set of columns.
+@functools.lru_cache(maxsize=64)
+def _columns(model, names: tuple[str, ...]) -> list[str]:
+    return [connection.ops.quote_name(model._meta.get_field(name).column) for name in names]
 
-    Values go through each model field's own database conversion, as
-    `Model.save()` would do.
-    """
-    meta = AudioFile._meta
+
+@functools.lru_cache(maxsize=16)
+def _insert_sql(model, names: tuple[str, ...]) -> str:
+    columns = ", ".join(_columns(model, names))
+    values = ", ".join(["%s"] * len(names))
+    return f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES ({values})"
+
+
+def _update_rows(cursor, recorded: list[tuple[PrepResult, str]], run: PrepRun, config_hash: str, db_now) -> None:
+    """Write the outcome of each recorded result to its row, one prepared UPDATE per set of columns."""
     groups: dict[tuple[str, ...], list[list]] = {}
     for result, status in recorded:
         done = status == Status.DONE
@@ -213,23 +223,21 @@ def _update_rows(recorded: list[tuple[PrepResult, str]], run: PrepRun, config_ha
             "reason": _row_reason(result, status),
             "claimed_by": "",
             "lease_until": None,
-            "flags": list(result.flags),
+            "flags": connection.ops.adapt_json_value(list(result.flags), None),
             "num_segments": len(result.segments) if done else 0,
             "speech_duration": round(sum(record.end - record.start for record in result.segments), 6) if done else 0.0,
             "config_hash": config_hash if status in (Status.DONE, Status.NO_SPEECH) else "",
-            "processed_at": now,
+            "processed_at": db_now,
             "last_run": run.pk,
-            "updated_at": now,
+            "updated_at": db_now,
         }
         for name in _PROBED_FIELDS:
             value = getattr(result, name)
             if value not in ("", None):
                 values[name] = value
-        names = tuple(values)
-        params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
-        groups.setdefault(names, []).append([*params, result.audio_file_id])
-    quote = connection.ops.quote_name
-    with connection.cursor() as cursor:
-        for names, rows in groups.items():
-            assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in names)
-            cursor.executemany(f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s", rows)
+        groups.setdefault(tuple(values), []).append([*values.values(), result.audio_file_id])
+    table = connection.ops.quote_name(AudioFile._meta.db_table)
+    key = connection.ops.quote_name(AudioFile._meta.pk.column)
+    for names, rows in groups.items():
+        assignments = ", ".join(f"{column} = %s" for column in _columns(AudioFile, names))
+        cursor.executemany(f"UPDATE {table} SET {assignments} WHERE {key} = %s", rows)

@@ -3,7 +3,9 @@
 `PrepareAudio.fetch` claims rows in batches and puts one task per file on
 a bounded `QueueManager` queue. `num_workers` `PrepareAudio.worker`
 coroutines take tasks and await `process_audio_sync` in a
-`ProcessPoolExecutor` of `num_workers` processes. Only this process writes
+`ProcessPoolExecutor` of `num_workers` processes; when files take only
+milliseconds each, a coroutine takes several at once and sends them as
+one batch. Only this process writes
 to the database, always from one dedicated thread, so the event loop never
 blocks on a query. A run uses at most two database connections (the PostgreSQL
 tests check this in pg_stat_activity).
@@ -38,18 +40,26 @@ from .pipeline import worker_state
 from .pipeline.audio_io import check_decoder
 from .pipeline.config import WEBRTC_MODEL, PrepConfig
 from .pipeline.errors import EnvironmentCheckError, PrepError, format_reason
-from .pipeline.process import PrepResult, PrepTask, process_audio_sync
+from .pipeline.process import PrepResult, PrepTask, process_audio_sync, process_batch_sync
 from .pipeline.vad.webrtc import check_webrtcvad
 from .pipeline.worker import initialize_worker
 
 # How many times a run rebuilds a broken process pool before it aborts.
 MAX_POOL_REBUILDS = 5
-COMMIT_BATCH_SIZE = 64
+COMMIT_BATCH_SIZE = 256
+# Seconds the committer waits for more results before it writes a batch.
+COMMIT_GATHER_SECONDS = 0.05
 TASKS_IN_FLIGHT_PER_PROCESS = 1
+# Files go to a worker process in batches sized so that a batch takes
+# about BATCH_TARGET_SECONDS, judged by how long recent files took, and of
+# at most BATCH_MAX_FILES. Files that take 50 ms or more go one at a time.
+BATCH_TARGET_SECONDS = 0.1
+BATCH_MAX_FILES = 32
 # The queue contains claimed files that wait for a worker; claims are made in
 # batches as large as the free room, so a larger queue means fewer, larger
-# claim transactions. Each waiting file keeps a lease, so the queue stays small.
-QUEUE_SIZE_PER_WORKER = 4
+# claim transactions. It holds two full batches per worker, and each waiting
+# file keeps a lease.
+QUEUE_SIZE_PER_WORKER = 2 * BATCH_MAX_FILES
 QUEUE_MIN_SIZE = 8
 # SQLite "database is locked" errors are retried this many times, with the
 # wait doubling from DB_RETRY_FIRST_WAIT seconds; each call is one transaction.
@@ -268,22 +278,51 @@ class PrepareAudio:
         a worker process died and the pool was rebuilt.
         """
         loop = asyncio.get_running_loop()
-        while True:
+        seconds_per_file = None
+        finished = False
+        while not finished:
             task = await self.queue_manager.get()
             if task is None:
                 self.queue_manager.task_done()
                 return
-            self._in_flight += 1
+            batch = [task]
+            limit = self._batch_limit(seconds_per_file)
+            while len(batch) < limit:
+                try:
+                    task = self.queue_manager.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if task is None:
+                    self.queue_manager.task_done()
+                    finished = True
+                    break
+                batch.append(task)
+            if len(batch) > 1:
+                logger.bind(run_id=self.run.pk).debug("worker {}: {} files sent to the pool as one batch", worker_id, len(batch))
+            self._in_flight += len(batch)
             try:
                 if self._stopping:
-                    # Dispatching stopped: the file goes back to pending unstarted.
-                    result = PrepResult(task.audio_file_id, status=REQUEUE)
+                    # Dispatching stopped: the files go back to pending unstarted.
+                    results = [PrepResult(task.audio_file_id, status=REQUEUE) for task in batch]
                 else:
-                    result = await self._prepare_one(loop, task, executor)
-                await self._results.put(result)
+                    results = await self._prepare_batch(loop, batch, executor)
+                for result in results:
+                    await self._results.put(result)
             finally:
-                self._in_flight -= 1
-                self.queue_manager.task_done()
+                self._in_flight -= len(batch)
+                for _ in batch:
+                    self.queue_manager.task_done()
+            elapsed = [result.elapsed for result in results if result.elapsed > 0]
+            if elapsed:
+                recent = sum(elapsed) / len(elapsed)
+                seconds_per_file = recent if seconds_per_file is None else 0.5 * seconds_per_file + 0.5 * recent
+
+    @staticmethod
+    def _batch_limit(seconds_per_file: float | None) -> int:
+        """Return how many files the next batch may hold, from the recent time per file."""
+        if seconds_per_file is None:
+            return 1
+        return max(1, min(BATCH_MAX_FILES, int(BATCH_TARGET_SECONDS / max(seconds_per_file, 1e-4))))
 
     # -- run lifecycle -------------------------------------------------------
 
@@ -415,7 +454,10 @@ class PrepareAudio:
             if remaining is not None and remaining <= 0:
                 return
             free = self.queue_manager.free_slots
-            if free <= 0:
+            # Claim in large transactions: wait until half the queue is free,
+            # unless the workers are about to run out of files.
+            starving = self.queue_manager.queue.qsize() < 2 * self._num_workers
+            if free <= 0 or (free < self.queue_manager.queue.maxsize // 2 and not starving):
                 await self._sleep_unless_stopped(0.02)
                 continue
             size = free if remaining is None else min(free, remaining)
@@ -428,7 +470,7 @@ class PrepareAudio:
             claimed_total += len(claims)
             self._outstanding += len(claims)
             for claim in claims:
-                task = PrepTask(claim.audio_file_id, claim.path, str(self._output_dir), config, self.run.pk, self.test_hook)
+                task = PrepTask(claim.audio_file_id, claim.path, str(self._output_dir), config, self.run.pk, self.test_hook, claim.fresh)
                 await self.queue_manager.put(task)
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
@@ -541,23 +583,34 @@ class PrepareAudio:
         first = {pid: code for pid, code in dead.items() if code != -signal.SIGTERM}
         return first or dead
 
-    async def _prepare_one(self, loop, task: PrepTask, executor: ProcessPoolExecutor) -> PrepResult:
+    async def _prepare_batch(self, loop, tasks: list[PrepTask], executor: ProcessPoolExecutor) -> list[PrepResult]:
         executor = self._executor or executor
         generation = self._pool_generation
         table = self._slot_table
         try:
-            future = loop.run_in_executor(executor, process_audio_sync, task)
+            if len(tasks) == 1:
+                future = loop.run_in_executor(executor, process_audio_sync, tasks[0])
+            else:
+                future = loop.run_in_executor(executor, process_batch_sync, tasks)
             # Keep the worker Process objects: when the pool breaks, the
             # executor may drop its own map before the dead worker is looked up.
             self._seen_processes.update(getattr(executor, "_processes", None) or {})
-            return await future
+            result = await future
+            return [result] if len(tasks) == 1 else result
         except BrokenProcessPool:
             pass
         except RuntimeError:
             # The pool was shut down between the stop request and this submit.
             if not self._stopping:
                 raise
-            return PrepResult(task.audio_file_id, status=REQUEUE)
+            return [PrepResult(task.audio_file_id, status=REQUEUE) for task in tasks]
+        # Files of the batch that finished before the worker died are handed
+        # back with the others and prepared again: their results never
+        # reached this process.
+        return [await self._result_after_break(task, generation, executor, table) for task in tasks]
+
+    async def _result_after_break(self, task: PrepTask, generation: int, executor: ProcessPoolExecutor, table) -> PrepResult:
+        """Return the result of a file whose worker pool broke while the file was in flight."""
         known = self._culprits.get(generation)
         if known is not None and known[1] and task.audio_file_id in known[0]:
             # This file's worker broke the pool; the run may have stopped the
@@ -629,7 +682,15 @@ class PrepareAudio:
         finished = False
         while not finished:
             batch = [await self._results.get()]
-            while len(batch) < COMMIT_BATCH_SIZE and not self._results.empty():
+            # Results of short files arrive a few at a time; gathering them
+            # for a moment makes fewer, larger transactions.
+            deadline = time.monotonic() + COMMIT_GATHER_SECONDS
+            while len(batch) < COMMIT_BATCH_SIZE and batch[-1] is not None:
+                if self._results.empty():
+                    if time.monotonic() >= deadline:
+                        break
+                    await asyncio.sleep(COMMIT_GATHER_SECONDS / 5)
+                    continue
                 batch.append(self._results.get_nowait())
             if batch[-1] is None:
                 batch.pop()

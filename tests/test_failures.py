@@ -185,6 +185,30 @@ def test_worker_death_fails_only_its_file(action, reason, make_wav, tmp_path, ou
     check_baseline(output_dir)
 
 
+def test_batch_worker_death_fails_one_file(make_wav, tmp_path, output_dir):
+    # Short files go to the pool in batches. A death in the middle of a
+    # batch fails its own file and hands the rest of the batch back.
+    paths = short_inputs(make_wav, tmp_path, 80)
+    import_audio(*paths)
+
+    command = WatchedCommand(tmp_path, "prepare_audio", "--num_workers", "2", "--verbosity", "3", output_dir=output_dir,
+                             env={"AUDIOPREP_TEST_HOOK": "kill=f060.wav"})
+    returncode = command.wait()
+
+    assert returncode == EXIT_FILES_FAILED, command.stderr
+    culprit = row(paths[59])
+    assert culprit.status == "failed"
+    assert culprit.reason == "worker: terminated by signal 9 (SIGKILL) (possibly out of memory)"
+    for path in paths[:59] + paths[60:]:
+        assert row(path).status == "done", f"{path.name}: {row(path).reason}"
+    run = PrepRun.objects.get()
+    assert (run.num_done, run.num_failed) == (79, 1)
+    log_text = Path(run.log_path).read_text(encoding="utf-8")
+    assert "files sent to the pool as one batch" in log_text
+    assert command.survivors() == []
+    check_baseline(output_dir)
+
+
 def test_repeated_worker_deaths_abort_run(make_wav, tmp_path, output_dir):
     paths = short_inputs(make_wav, tmp_path, 8)
     import_audio(*paths)

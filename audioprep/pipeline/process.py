@@ -43,6 +43,9 @@ class PrepTask:
     run_id: int | None = None
     # Fault injection for tests (AUDIOPREP["TEST_HOOK"]); empty in normal runs.
     test_hook: str = ""
+    # True when the file was never claimed before, so no earlier attempt
+    # left segments or temporary files: the folder scans are skipped.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,14 +222,23 @@ def _finalizer() -> ThreadPoolExecutor:
     return _finalize_executor
 
 
-def _run_pipeline(task: PrepTask, result: PrepResult) -> None:
+def _run_pipeline(task: PrepTask, result: PrepResult, deferred: list | None = None) -> None:
+    """Prepare one file into `result`.
+
+    With `deferred`, a fresh file does not wait for its segments' fsync:
+    it appends what is left to do, and `process_batch_sync` finishes it
+    after the other files of the batch.
+    """
     config = task.config
     result.size_bytes = check_source(task.path)
     result.checksum = file_checksum(task.path)
     folder = segment_dir(task.output_dir, task.audio_file_id)
     # Segments of an earlier attempt stay until this one has written its own,
-    # so every final name always contains a complete file.
-    remove_segment_files(task.output_dir, task.audio_file_id, temporary_only=True)
+    # so every final name always contains a complete file. A scan reads the
+    # whole shard folder (up to FILES_PER_SHARD files' segments), so files
+    # that no earlier attempt touched skip it.
+    if not task.fresh:
+        remove_segment_files(task.output_dir, task.audio_file_id, temporary_only=True)
     detector = _detector_for(config)
     segmenter = Segmenter(config)
     writer = _SegmentWriter(task, folder)
@@ -246,7 +258,11 @@ def _run_pipeline(task: PrepTask, result: PrepResult) -> None:
                 frames = samples[:usable].reshape(-1, frame_samples)
                 writer.write(segmenter.push(detector.score(frames), frame_levels_dbfs(frames)))
             writer.write(segmenter.finish())
-    finally:
+    except BaseException:
+        writer.wait()
+        raise
+    defer = deferred is not None and task.fresh
+    if not defer:
         writer.wait()
     info = stream.info
     result.container = info.container
@@ -260,9 +276,13 @@ def _run_pipeline(task: PrepTask, result: PrepResult) -> None:
     if info.num_decode_errors:
         result.flags.append("decode_warnings")
     result.segments = writer.records
-    remove_segment_files(task.output_dir, task.audio_file_id, keep={Path(record.path) for record in writer.records})
+    if not task.fresh:
+        remove_segment_files(task.output_dir, task.audio_file_id, keep={Path(record.path) for record in writer.records})
     if writer.records:
-        fsync_directory(folder)
+        if defer:
+            deferred.append((task, result, writer, folder))
+        else:
+            fsync_directory(folder)
     result.status = "done" if writer.records else "no_speech"
     log.logger.debug(
         "file {} decoded: {} {} {} Hz {} ch, {:.3f} s, {} output samples, {} segments",
@@ -277,7 +297,7 @@ def _run_pipeline(task: PrepTask, result: PrepResult) -> None:
     )
 
 
-def process_audio_sync(task: PrepTask) -> PrepResult:
+def process_audio_sync(task: PrepTask, deferred: list | None = None) -> PrepResult:
     """Prepare one file and return a plain record of the outcome.
 
     Every exception is caught and turned into a `failed` result with a
@@ -290,7 +310,7 @@ def process_audio_sync(task: PrepTask) -> PrepResult:
     worker_state.mark(task.audio_file_id)
     try:
         with _test_hook_applied(task):
-            _process(task, result)
+            _process(task, result, deferred)
     except Exception as exc:  # the record must cross the process boundary, never an exception
         result.status = "failed"
         result.segments = []
@@ -299,6 +319,32 @@ def process_audio_sync(task: PrepTask) -> PrepResult:
         worker_state.mark(0)
     result.elapsed = round(time.perf_counter() - started, 6)
     return result
+
+
+def process_batch_sync(tasks: list[PrepTask]) -> list[PrepResult]:
+    """Prepare several files in turn, as `process_audio_sync` does each.
+
+    Short files go to a worker in batches, so the round trip to the pool
+    is paid once per batch instead of once per file. The fsync of one
+    file's segments overlaps the next file's work: every result is
+    returned only after all segments of the batch have their final names.
+    """
+    deferred: list = []
+    results = [process_audio_sync(task, deferred) for task in tasks]
+    folders = set()
+    for task, result, writer, folder in deferred:
+        try:
+            writer.wait()
+            folders.add(folder)
+        except PrepError as exc:
+            result.status = "failed"
+            result.reason = exc.reason()
+            result.segments = []
+            log.logger.debug("file {} failed: {}", task.audio_file_id, result.reason)
+            remove_segment_files(task.output_dir, task.audio_file_id)
+    for folder in folders:
+        fsync_directory(folder)
+    return results
 
 
 @contextlib.contextmanager
@@ -372,10 +418,10 @@ def _vad_fault(task: PrepTask):
         webrtc.webrtcvad = original
 
 
-def _process(task: PrepTask, result: PrepResult) -> None:
+def _process(task: PrepTask, result: PrepResult, deferred: list | None = None) -> None:
     with log.logger.contextualize(run_id=task.run_id, audio_file_id=task.audio_file_id):
         try:
-            _run_pipeline(task, result)
+            _run_pipeline(task, result, deferred)
         except PrepError as exc:
             result.reason = exc.reason()
             log.logger.opt(exception=exc).debug("file {} failed: {}", task.audio_file_id, result.reason)
@@ -384,7 +430,8 @@ def _process(task: PrepTask, result: PrepResult) -> None:
         except Exception as exc:
             result.reason = format_reason("internal", f"unexpected {type(exc).__name__}: {exc}")
             log.logger.exception("file {} failed with an unexpected error", task.audio_file_id)
-        if result.status != "done":
+        # A fresh file that ends without speech wrote nothing to remove.
+        if result.status != "done" and not (task.fresh and result.status == "no_speech"):
             result.segments = []
             try:
                 remove_segment_files(task.output_dir, task.audio_file_id)
