@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK = REPO / "bench" / "work"
 DEFAULT_RESULTS = REPO / "bench" / "RESULTS.md"
 MIB = 1024 * 1024
-ALL_CASES = ("hour", "long", "short", "tiny", "pending")
+ALL_CASES = ("hour", "silero", "long", "short", "tiny", "pending")
 # Seconds a product run may take before the benchmark gives up on it.
 PRODUCT_TIMEOUT_S = 3600.0
 
@@ -264,10 +264,22 @@ def watch_first_file(run_dir: Path, child: subprocess.Popen, sampler: TreeSample
     return first_claim, first_result, rss_at_claim
 
 
-def product_case(work: Path, name: str, inputs: Path, workers: int, interval: float, rep: int) -> ProductRun:
+def product_case(work: Path, name: str, inputs: Path, workers: int, interval: float, rep: int, extra: tuple[str, ...] = ()) -> ProductRun:
     run_dir = fresh_run_dir(work, f"{name}-{rep}")
     manage(run_dir, "import_audio", str(inputs))
-    return run_prepare(run_dir, workers, interval)
+    return run_prepare(run_dir, workers, interval, extra)
+
+
+def find_silero_model() -> Path | None:
+    """Return the silero_vad.onnx file shipped in the silero-vad package, without importing it (that needs torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("silero_vad")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "data" / "silero_vad.onnx"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 # -- pending rows --------------------------------------------------------------
@@ -368,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pending-rows", type=int, default=100_000, help="Pending rows for the start-up measurement (default: %(default)s).")
     parser.add_argument("--pending-limit", type=int, default=200, help="Files the pending-rows run prepares before it ends (default: %(default)s).")
     parser.add_argument("--interval", type=float, default=0.05, help="Seconds between memory samples (default: %(default)s).")
+    parser.add_argument("--silero-model", type=Path, default=None,
+                        help="Silero VAD model (ONNX) for the 'silero' case (default: the one in the silero-vad package).")
     args = parser.parse_args(argv)
 
     work = args.work.resolve()
@@ -384,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[tuple[str, str, bool]] = []
     long_peaks: dict[str, float] = {}
     short_peaks: dict[str, float] = {}
+    floors: dict[str, float] = {}
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -402,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             reps = args.repeat_slow if case == "long" else args.repeat
             seconds_of_audio = {"hour": 3600.0, "long": 7200.0, "short": 120.0}[case]
             say(f"{case}: {len(files)} files, {seconds_of_audio / 60:.0f} min of audio, {reps} repetitions")
-            floor = median(measure("floor", lambda rep: time_floor(files, workers), reps))
+            floor = floors[case] = median(measure("floor", lambda rep: time_floor(files, workers), reps))
             decoder = median(measure("decoder", lambda rep: time_decoder(files, workers), reps))
             runs = []
             for rep in range(reps):
@@ -428,6 +443,28 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(("2-hour file: peak RSS of every process <= 150 MB", f"{worst / 1e6:.0f} MB", worst <= 150e6))
             if case == "short":
                 short_peaks = peaks
+        elif case == "silero":
+            model = args.silero_model or find_silero_model()
+            if model is None or not model.is_file():
+                say("silero: skipped, no model file; pass --silero-model or 'pip install --no-deps silero-vad'")
+                continue
+            files = list_inputs(inputs / "hour")
+            say(f"silero: the hour of {len(files)} files with --model_for_vad {model}, {args.repeat} repetitions")
+            floor = floors.get("hour") or median(measure("floor", lambda rep: time_floor(files, workers), args.repeat))
+            runs = []
+            for rep in range(args.repeat):
+                run = product_case(work, "silero", inputs / "hour", workers, args.interval, rep, ("--model_for_vad", str(model)))
+                say(f"  prepare_audio #{rep + 1}: {run.seconds:.2f} s, exit {run.exit_code}, {run.statuses}, "
+                    f"parent {mib(run.peak_of('parent')):.0f} MiB, worker {mib(run.peak_of('worker')):.0f} MiB")
+                runs.append(run)
+            product = median([run.seconds for run in runs])
+            ratio = product / floor
+            rows.append(
+                f"| hour with Silero VAD ({len(files)} files, 60 min) | {floor:.2f} s | | {product:.2f} s | **{ratio:.2f}x** "
+                f"| {3600.0 / product:.0f}x | {args.repeat} |"
+            )
+            memory_rows.append(f"| silero | worker | {mib(median([run.peak_of('worker') for run in runs])):.1f} MiB |")
+            targets.append(("hour of 60 files with Silero VAD: prepare_audio <= 3.0x floor", f"{ratio:.2f}x", ratio <= 3.0))
         elif case == "tiny":
             files = list_inputs(inputs / "tiny")
             floor_files = files[: args.tiny_floor_files] if args.tiny_floor_files > 0 else files
