@@ -45,6 +45,9 @@ class PrepTask:
     test_hook: str = ""
     # True when the file was never claimed before, so no earlier attempt
     # left segments or temporary files: the folder scans are skipped.
+    # NOTE: if the database is recreated but the output folder kept, new
+    # rows may reuse old ids, and old segment files with indices beyond the
+    # new ones stay behind (no row or manifest line names them).
     fresh: bool = False
 
 
