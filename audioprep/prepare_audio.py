@@ -337,6 +337,8 @@ class PrepareAudio:
             requeued, gave_up = await self._db(ledger.recover_stale, self.max_attempts, self.recover_stale, self._token)
             if requeued or gave_up:
                 log.warning("took back {} stale claims ({} ended failed after {} attempts)", requeued + gave_up, gave_up, self.max_attempts)
+            for closed in await self._db(runs.close_abandoned_runs, run, self.lease_seconds):
+                log.warning("run {} had stopped without closing its record; it is now interrupted", closed)
             if self.retry_failed:
                 log.info("requeued {} failed files", await self._db(ledger.requeue_failed))
             pending = await self._db(ledger.count_pending)

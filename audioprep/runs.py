@@ -12,6 +12,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from django.db.models import Count, Q, Sum
@@ -121,6 +122,45 @@ def finalize_run(run: PrepRun, status: str, reason: str = "") -> RunSummary:
     run.finished_at = timezone.now()
     run.save()
     return summarize(run)
+
+
+def _process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_abandoned_runs(current: PrepRun, lease_seconds: int) -> list[int]:
+    """Close the records of runs that died without closing them (kill -9, power loss); return their ids.
+
+    A run still marked running is abandoned when none of its claims is left;
+    the caller takes back stale claims first. On this host its process must
+    also be gone. A run on another host must also have written no result
+    for a whole lease period. Its counts are filled from its file results
+    and it ends `interrupted`.
+    """
+    closed = []
+    host = socket.gethostname()[:255]
+    quiet_since = timezone.now() - timedelta(seconds=lease_seconds)
+    for run in PrepRun.objects.filter(status=PrepRun.Status.RUNNING).exclude(pk=current.pk):
+        if AudioFile.objects.filter(status=AudioFile.Status.PROCESSING, last_run=run).exists():
+            continue
+        if run.host == host:
+            if _process_alive(run.pid):
+                continue
+        else:
+            last = FileResult.objects.filter(run=run).order_by("-created_at").values_list("created_at", flat=True).first()
+            if (last or run.started_at) > quiet_since:
+                continue
+        finalize_run(run, PrepRun.Status.INTERRUPTED, f"run: its process stopped without closing the run; closed by run {current.pk}")
+        closed.append(run.pk)
+    return closed
 
 
 def summarize(run: PrepRun) -> RunSummary:

@@ -553,9 +553,16 @@ def test_killed_command_recovers_to_same_output(make_wav, tmp_path, output_dir, 
         command.wait(timeout=60)
         assert command.survivors() == []
         assert AudioFile.objects.filter(status="processing").exists()
+        killed_pk = PrepRun.objects.get(status="running").pk
 
         prepare("--num_workers", "2", "--recover_stale", "--output_dir", str(trial_dir))
 
+        killed = PrepRun.objects.get(pk=killed_pk)
+        assert killed.status == "interrupted"
+        assert killed.finished_at is not None
+        assert killed.num_done >= results_before_kill
+        assert killed.num_selected == killed.num_done + killed.num_no_speech + killed.num_failed + killed.num_skipped + killed.num_released
+        assert killed.num_released > 0
         assert set(AudioFile.objects.values_list("status", flat=True)) == {"done"}
         assert _tree(trial_dir) == reference, f"trial {trial}"
         lines = (trial_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()

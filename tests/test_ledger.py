@@ -190,3 +190,23 @@ def test_finalize_counts_add_up(run):
 
     assert (summary.num_done, summary.num_no_speech, summary.num_failed, summary.num_released) == (1, 1, 1, 1)
     assert summary.num_selected == 4
+
+
+def test_abandoned_runs_closed_live_ones_kept(run, tmp_path):
+    long_ago = timezone.now() - timedelta(hours=2)
+    other_host_quiet = runs.open_run(PrepConfig(), 1, tmp_path)
+    other_host_busy = runs.open_run(PrepConfig(), 1, tmp_path)
+    this_host_alive = runs.open_run(PrepConfig(), 1, tmp_path)
+    PrepRun.objects.filter(pk__in=[other_host_quiet.pk, other_host_busy.pk]).update(host="elsewhere", started_at=long_ago)
+    row = make_rows(1)[0]
+    # A run on another host with a claim left is alive, however old.
+    AudioFile.objects.filter(pk=row.pk).update(status="processing", last_run=other_host_busy)
+
+    closed = runs.close_abandoned_runs(run, lease_seconds=600)
+
+    assert closed == [other_host_quiet.pk]
+    assert PrepRun.objects.get(pk=other_host_quiet.pk).status == "interrupted"
+    assert PrepRun.objects.get(pk=other_host_busy.pk).status == "running"
+    # open_run records this process's pid, which is alive.
+    assert PrepRun.objects.get(pk=this_host_alive.pk).status == "running"
+    assert PrepRun.objects.get(pk=run.pk).status == "running"
