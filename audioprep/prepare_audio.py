@@ -55,10 +55,10 @@ TASKS_IN_FLIGHT_PER_PROCESS = 1
 # at most BATCH_MAX_FILES. Files that take 50 ms or more go one at a time.
 BATCH_TARGET_SECONDS = 0.1
 BATCH_MAX_FILES = 32
-# The queue contains claimed files that wait for a worker; claims are made in
-# batches as large as the free room, so a larger queue means fewer, larger
-# claim transactions. It holds two full batches per worker, and each waiting
-# file keeps a lease.
+# The queue contains claimed files that wait for a worker. Each waiting file
+# keeps a lease that other runs cannot take, so the claimer keeps it about
+# two batches per worker deep (QUEUE_MIN_SIZE for files prepared one at a
+# time) and refills it in large claims once half of that is used.
 QUEUE_SIZE_PER_WORKER = 2 * BATCH_MAX_FILES
 QUEUE_MIN_SIZE = 8
 # SQLite "database is locked" errors are retried this many times, with the
@@ -206,6 +206,8 @@ class PrepareAudio:
         self._pool_terminated = False
         self._abort_reason = ""
         self._in_flight = 0
+        # Largest batch a worker coroutine asked for so far; sets the queue depth.
+        self._batch_hint = 1
         # Files claimed by this run whose result is not yet recorded or released.
         self._outstanding = 0
         self._released = 0
@@ -287,6 +289,7 @@ class PrepareAudio:
                 return
             batch = [task]
             limit = self._batch_limit(seconds_per_file)
+            self._batch_hint = max(self._batch_hint, limit)
             while len(batch) < limit:
                 try:
                     task = self.queue_manager.queue.get_nowait()
@@ -455,14 +458,15 @@ class PrepareAudio:
             remaining = None if self.limit is None else self.limit - claimed_total
             if remaining is not None and remaining <= 0:
                 return
-            free = self.queue_manager.free_slots
-            # Claim in large transactions: wait until half the queue is free,
+            queued = self.queue_manager.queue.qsize()
+            depth = min(self.queue_manager.queue.maxsize, max(QUEUE_MIN_SIZE, 2 * self._num_workers * self._batch_hint))
+            # Claim in large transactions: wait until half the depth is used,
             # unless the workers are about to run out of files.
-            starving = self.queue_manager.queue.qsize() < 2 * self._num_workers
-            if free <= 0 or (free < self.queue_manager.queue.maxsize // 2 and not starving):
+            starving = queued < 2 * self._num_workers
+            if queued >= depth or (queued > depth // 2 and not starving):
                 await self._sleep_unless_stopped(0.02)
                 continue
-            size = free if remaining is None else min(free, remaining)
+            size = depth - queued if remaining is None else min(depth - queued, remaining)
             claims = await self._db(ledger.claim_batch, self.run, self._token, size, self.lease_seconds)
             if not claims:
                 if self._outstanding == 0:
