@@ -339,12 +339,15 @@ def process_batch_sync(tasks: list[PrepTask]) -> list[PrepResult]:
         try:
             writer.wait()
             folders.add(folder)
-        except PrepError as exc:
+        except Exception as exc:  # like process_audio_sync, only a result may leave the worker
             result.status = "failed"
-            result.reason = exc.reason()
+            result.reason = exc.reason() if isinstance(exc, PrepError) else format_reason("internal", f"unexpected {type(exc).__name__}: {exc}")
             result.segments = []
             log.logger.debug("file {} failed: {}", task.audio_file_id, result.reason)
-            remove_segment_files(task.output_dir, task.audio_file_id)
+            try:
+                remove_segment_files(task.output_dir, task.audio_file_id)
+            except OSError as cleanup_error:
+                log.logger.warning("file {}: cannot remove its segments: {}", task.audio_file_id, cleanup_error)
     for folder in folders:
         fsync_directory(folder)
     return results
