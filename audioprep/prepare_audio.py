@@ -55,10 +55,10 @@ TASKS_IN_FLIGHT_PER_PROCESS = 1
 # at most BATCH_MAX_FILES. Files that take 50 ms or more go one at a time.
 BATCH_TARGET_SECONDS = 0.1
 BATCH_MAX_FILES = 32
-# The queue contains claimed files that wait for a worker. Each waiting file
-# keeps a lease that other runs cannot take, so the claimer keeps it about
-# two batches per worker deep (QUEUE_MIN_SIZE for files prepared one at a
-# time) and refills it in large claims once half of that is used.
+# The queue contains claimed files that wait for a worker. Other runs cannot
+# take a waiting file, so the claimer keeps the queue about two batches per
+# worker deep, or QUEUE_MIN_SIZE when files go one at a time. It refills the
+# queue in large claims once half of that depth is used.
 QUEUE_SIZE_PER_WORKER = 2 * BATCH_MAX_FILES
 QUEUE_MIN_SIZE = 8
 # SQLite "database is locked" errors are retried this many times, with the

@@ -298,10 +298,10 @@ class PcmStream:
             return
         stream = self._select_stream()
         # Decoded frames are short (20-90 ms), and each call into PyAV's
-        # resampler costs more than the resampling itself, so frames are
-        # gathered into blocks of about CHUNK_SAMPLES output samples; each
-        # block is mixed down (or its channel taken) and resampled in one
-        # call. libswresample's default filter attenuates content above the
+        # resampler costs more than the resampling itself. So frames are
+        # gathered into blocks of about CHUNK_SAMPLES output samples, and
+        # each block is mixed down (or its channel taken) and resampled in
+        # one call. libswresample's default filter attenuates content above the
         # output Nyquist frequency by more than 60 dB.
         resampler = av.AudioResampler(format="flt", layout="mono", rate=OUTPUT_SAMPLE_RATE)
         block: list = []
