@@ -410,6 +410,15 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  {label} #{rep + 1}: {values[-1]:.2f} s")
         return values
 
+    def product_runs(name: str, folder: Path, repetitions: int, extra: tuple[str, ...] = ()) -> list[ProductRun]:
+        runs = []
+        for rep in range(repetitions):
+            run = product_case(work, name, folder, workers, args.interval, rep, extra)
+            say(f"  prepare_audio #{rep + 1}: {run.seconds:.2f} s, exit {run.exit_code}, {run.statuses}, "
+                f"parent {mib(run.peak_of('parent')):.0f} MiB, worker {mib(run.peak_of('worker')):.0f} MiB")
+            runs.append(run)
+        return runs
+
     for case in cases:
         if case in ("hour", "long", "short"):
             folder = inputs / case
@@ -419,12 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{case}: {len(files)} files, {seconds_of_audio / 60:.0f} min of audio, {reps} repetitions")
             floor = floors[case] = median(measure("floor", lambda rep: time_floor(files, workers), reps))
             decoder = median(measure("decoder", lambda rep: time_decoder(files, workers), reps))
-            runs = []
-            for rep in range(reps):
-                run = product_case(work, case, folder, workers, args.interval, rep)
-                say(f"  prepare_audio #{rep + 1}: {run.seconds:.2f} s, exit {run.exit_code}, {run.statuses}, "
-                    f"parent {mib(run.peak_of('parent')):.0f} MiB, worker {mib(run.peak_of('worker')):.0f} MiB")
-                runs.append(run)
+            runs = product_runs(case, folder, reps)
             product = median([run.seconds for run in runs])
             ratio = product / floor
             rows.append(
@@ -451,12 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             files = list_inputs(inputs / "hour")
             say(f"silero: the hour of {len(files)} files with --model_for_vad {model}, {args.repeat} repetitions")
             floor = floors.get("hour") or median(measure("floor", lambda rep: time_floor(files, workers), args.repeat))
-            runs = []
-            for rep in range(args.repeat):
-                run = product_case(work, "silero", inputs / "hour", workers, args.interval, rep, ("--model_for_vad", str(model)))
-                say(f"  prepare_audio #{rep + 1}: {run.seconds:.2f} s, exit {run.exit_code}, {run.statuses}, "
-                    f"parent {mib(run.peak_of('parent')):.0f} MiB, worker {mib(run.peak_of('worker')):.0f} MiB")
-                runs.append(run)
+            runs = product_runs("silero", inputs / "hour", args.repeat, ("--model_for_vad", str(model)))
             product = median([run.seconds for run in runs])
             ratio = product / floor
             rows.append(
