@@ -46,6 +46,8 @@ from .pipeline.worker import initialize_worker
 
 # How many times a run rebuilds a broken process pool before it aborts.
 MAX_POOL_REBUILDS = 5
+# How long the parent waits, in all, for the exit codes of a broken pool's processes.
+EXIT_CODE_WAIT_SECONDS = 2.0
 COMMIT_BATCH_SIZE = 256
 # Seconds the committer waits for more results before it writes a batch.
 COMMIT_GATHER_SECONDS = 0.05
@@ -567,13 +569,16 @@ class PrepareAudio:
         dead = {}
         processes = {pid: process for pid, process in (seen or {}).items() if pids is None or pid in pids}
         processes.update(getattr(executor, "_processes", None) or {})
+        deadline = time.monotonic() + EXIT_CODE_WAIT_SECONDS
         for pid, process in list(processes.items()):
-            # The executor's own thread may reap the process first; its exit
-            # code then shows up here a moment later.
-            for _ in range(10):
-                process.join(timeout=0.1)
-                if process.exitcode is not None:
+            # The executor's own thread may reap the process first and store
+            # its exit code a moment later; until then join() returns at once
+            # without one. The sleep lets that thread run.
+            while True:
+                process.join(timeout=0.05)
+                if process.exitcode is not None or time.monotonic() >= deadline:
                     break
+                time.sleep(0.01)
             if process.exitcode not in (None, 0):
                 dead[pid] = process.exitcode
         return dead

@@ -30,7 +30,7 @@ from audioprep.models import AudioFile, FileResult, PrepRun, Segment
 from audioprep.pipeline import errors
 from audioprep.pipeline.config import PrepConfig
 from audioprep.pipeline.process import PrepResult, PrepTask, SegmentRecord, process_audio_sync, segment_path
-from audioprep.prepare_audio import RunStartError
+from audioprep.prepare_audio import PrepareAudio, RunStartError
 from audioprep.runs import EXIT_FILES_FAILED, EXIT_NOT_STARTED, EXIT_SIGINT, EXIT_SIGTERM
 from tests.conftest import REPO_ROOT, database_url
 from tests.test_badinput import (
@@ -112,28 +112,31 @@ class WatchedCommand:
     def stdout(self) -> str:
         return self.stdout_path.read_text(encoding="utf-8", errors="replace")
 
-    def survivors(self) -> list[str]:
-        """Return descriptions of recorded descendants still alive.
+    def survivors(self, grace: float = 10) -> list[str]:
+        """Return descriptions of recorded descendants still alive after `grace` seconds.
 
-        The multiprocessing resource tracker exits on its own once its pipe
-        closes; it gets a few seconds for that and is not a worker.
+        Ending takes a moment after the command itself has ended: the kernel
+        kills a worker when its parent dies, and the multiprocessing resource
+        tracker exits once its pipe closes.
         """
+        deadline = time.monotonic() + grace
         alive = []
         for pid, (created, cmdline) in self.seen.items():
-            try:
-                process = psutil.Process(pid)
-                if process.create_time() != created or process.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                if any("resource_tracker" in part for part in cmdline):
-                    try:
-                        process.wait(timeout=10)
-                        continue
-                    except psutil.TimeoutExpired:
-                        pass
-                alive.append(f"{pid} {' '.join(cmdline)}")
-            except psutil.NoSuchProcess:
-                continue
+            while not _ended(pid, created):
+                if time.monotonic() >= deadline:
+                    alive.append(f"{pid} {' '.join(cmdline)}")
+                    break
+                time.sleep(0.05)
         return alive
+
+
+def _ended(pid: int, created: float) -> bool:
+    """Return whether the process `pid` started at `created` has exited (a zombie counts)."""
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() != created or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def short_inputs(make_wav, tmp_path: Path, count: int, prefix: str = "f") -> list[Path]:
@@ -222,11 +225,36 @@ def test_repeated_worker_deaths_abort_run(make_wav, tmp_path, output_dir):
     assert run.status == "aborted"
     assert run.reason.startswith("worker: worker processes died 6 times")
     assert not AudioFile.objects.filter(status="processing").exists()
-    assert AudioFile.objects.filter(status="failed").count() == 6
+    assert AudioFile.objects.filter(status="failed").count() == 6, command.stderr
     assert set(AudioFile.objects.exclude(status="failed").values_list("status", flat=True)) <= {"pending"}
     assert run.num_selected == run.num_failed + run.num_released
     assert command.survivors() == []
     check_baseline(output_dir, terminal_rows())
+
+
+class _LateExitCode:
+    """A dead worker reaped by another thread that stores its exit code a moment later.
+
+    Until then join() returns at once and exitcode is None, as with a real
+    process whose waitpid() the executor's thread has just done. The timing
+    cannot be produced on demand with a real pool, so this class replaces it.
+    """
+
+    def __init__(self, delay: float, exitcode: int) -> None:
+        self.exitcode = None
+        self._timer = threading.Timer(delay, setattr, (self, "exitcode", exitcode))
+        self._timer.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+def test_exit_code_stored_late_still_found():
+    process = _LateExitCode(0.3, -signal.SIGKILL)
+
+    dead = PrepareAudio._dead_workers(executor=None, seen={4242: process})
+
+    assert dead == {4242: -signal.SIGKILL}
 
 
 # -- the process boundary ---------------------------------------------------------------------
