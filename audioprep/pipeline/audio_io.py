@@ -34,6 +34,9 @@ else:
     # FFmpeg messages are captured per file (av.logging.Capture) and turned
     # into reasons and decode warnings; without a level PyAV drops them.
     av.logging.set_level(av.logging.WARNING)
+    # By default PyAV drops a message equal to the previous one, so a second
+    # broken file with the same fault would get a different reason.
+    av.logging.set_skip_repeated(False)
 
 with warnings.catch_warnings():
     # pydub warns at import when no ffmpeg program is on PATH. It is only used

@@ -201,3 +201,19 @@ def test_write_wav_atomic_leaves_complete_file_only(tmp_path):
     with wave.open(str(target)) as stream:
         assert (stream.getframerate(), stream.getnchannels(), stream.getsampwidth(), stream.getnframes()) == (16000, 1, 2, 16000)
         assert np.array_equal(np.frombuffer(stream.readframes(16000), dtype="<i2"), samples)
+
+
+def test_same_fault_twice_same_reason(tmp_path):
+    whole = tmp_path / "whole.m4a"
+    encode(whole, speech_signal([("speech", 2.0)], sample_rate=48000, seed=4), 48000, 1, "mp4", "aac")
+    truncated = tmp_path / "truncated.m4a"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+
+    reasons = []
+    for _ in range(2):
+        with pytest.raises(DecodeError) as caught:
+            decode_to_pcm(str(truncated))
+        reasons.append(caught.value.reason())
+
+    assert reasons[0] == "decode: moov atom not found"
+    assert reasons[1] == reasons[0]
