@@ -41,6 +41,11 @@ def check_settings(app_configs=None, **kwargs) -> list[Error]:
                 id="audioprep.E004",
             )
         )
+    helper_seconds = conf.get("DECODE_HELPER_MIN_SECONDS")
+    if isinstance(helper_seconds, bool) or not isinstance(helper_seconds, (int, float)) or not helper_seconds >= 0:
+        errors.append(
+            Error(f"AUDIOPREP['DECODE_HELPER_MIN_SECONDS'] must be a number of seconds >= 0, got {helper_seconds!r}", id="audioprep.E006")
+        )
     for name in ("NUM_WORKERS", "MAX_ATTEMPTS", "LEASE_SECONDS"):
         value = conf.get(name)
         if not isinstance(value, int) or value < 1:

@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_SECONDS": 600,
     # Multiprocessing start method of the worker pool.
     "START_METHOD": "spawn",
+    # A file whose header announces at least this many seconds is decoded in
+    # a helper process while its worker detects speech, when a core is idle
+    # (same output, two cores on one file). 0 turns the helper off.
+    "DECODE_HELPER_MIN_SECONDS": 600.0,
     # Seconds in-flight files may take to finish after the first SIGINT/SIGTERM.
     "STOP_GRACE_SECONDS": 10,
     # Fault injection for failure tests; see audioprep.pipeline.process.apply_test_hook.

@@ -19,6 +19,7 @@ Usage, once Django is set up::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -69,6 +70,14 @@ DB_LOCK_RETRIES = 5
 DB_RETRY_FIRST_WAIT = 0.2
 # Status of a result whose file goes back to pending without counting the attempt.
 REQUEUE = "requeue"
+
+
+def usable_cpus() -> int:
+    """Return the number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class RunStartError(Exception):
@@ -189,6 +198,7 @@ class PrepareAudio:
         self.grace_seconds = float(conf.get("STOP_GRACE_SECONDS"))
         self.start_method = conf.get("START_METHOD")
         self.test_hook = conf.get("TEST_HOOK")
+        self.helper_min_seconds = float(conf.get("DECODE_HELPER_MIN_SECONDS"))
         self.summary: runs.RunSummary | None = None
         self.run: PrepRun | None = None
         self.queue_manager: QueueManager | None = None
@@ -208,6 +218,8 @@ class PrepareAudio:
         self._pool_terminated = False
         self._abort_reason = ""
         self._in_flight = 0
+        # Files in flight that may have a decoder helper process.
+        self._helpers_in_flight = 0
         # Largest batch a worker coroutine asked for so far; sets the queue depth.
         self._batch_hint = 1
         # Files claimed by this run whose result is not yet recorded or released.
@@ -304,7 +316,11 @@ class PrepareAudio:
                 batch.append(task)
             if len(batch) > 1:
                 logger.bind(run_id=self.run.pk).debug("worker {}: {} files sent to the pool as one batch", worker_id, len(batch))
+            helper = len(batch) == 1 and self._core_idle()
+            if helper:
+                batch = [dataclasses.replace(batch[0], helper_min_seconds=self.helper_min_seconds)]
             self._in_flight += len(batch)
+            self._helpers_in_flight += helper
             try:
                 if self._stopping:
                     # Dispatching stopped: the files go back to pending unstarted.
@@ -315,12 +331,23 @@ class PrepareAudio:
                     await self._results.put(result)
             finally:
                 self._in_flight -= len(batch)
+                self._helpers_in_flight -= helper
                 for _ in batch:
                     self.queue_manager.task_done()
             elapsed = [result.elapsed for result in results if result.elapsed > 0]
             if elapsed:
                 recent = sum(elapsed) / len(elapsed)
                 seconds_per_file = recent if seconds_per_file is None else 0.5 * seconds_per_file + 0.5 * recent
+
+    def _core_idle(self) -> bool:
+        """Return whether a file sent now may have a decoder helper: no file waits and a core would stay idle.
+
+        Counts a core for each file in flight and one more for each that may
+        have a helper, so helpers never take a core a worker could use.
+        """
+        if self.helper_min_seconds <= 0 or not self.queue_manager.queue.empty():
+            return False
+        return self._in_flight + self._helpers_in_flight + 2 <= usable_cpus()
 
     @staticmethod
     def _batch_limit(seconds_per_file: float | None) -> int:
@@ -572,8 +599,8 @@ class PrepareAudio:
         deadline = time.monotonic() + EXIT_CODE_WAIT_SECONDS
         for pid, process in list(processes.items()):
             # The executor's own thread may reap the process first and store
-            # its exit code a moment later; until then join() returns at once
-            # without one. The sleep lets that thread run.
+            # its exit code a moment later. Until then join() returns at once
+            # without one, so the sleep lets that thread run.
             while True:
                 process.join(timeout=0.05)
                 if process.exitcode is not None or time.monotonic() >= deadline:

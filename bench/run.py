@@ -148,6 +148,8 @@ def role_of(process: psutil.Process) -> str:
         return "other"
     if "resource_tracker" in command:
         return "resource_tracker"
+    if "audioprep.pipeline.decode_helper" in command:
+        return "decode_helper"
     if "multiprocessing" in command or "--multiprocessing-fork" in command:
         return "worker"
     return "other"
@@ -435,9 +437,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {case} ({len(files)} {'file' if len(files) == 1 else 'files'}, {seconds_of_audio / 60:.0f} min) | {floor:.2f} s | {decoder:.2f} s ({decoder / floor:.2f}x) "
                 f"| {product:.2f} s | **{ratio:.2f}x** | {seconds_of_audio / product:.0f}x | {reps} |"
             )
-            peaks = {role: median([run.peak_of(role) for run in runs]) for role in ("parent", "worker", "resource_tracker")}
+            peaks = {role: median([run.peak_of(role) for run in runs]) for role in ("parent", "worker", "decode_helper", "resource_tracker")}
             for role, value in peaks.items():
-                memory_rows.append(f"| {case} | {role} | {mib(value):.1f} MiB |")
+                if value:
+                    memory_rows.append(f"| {case} | {role} | {mib(value):.1f} MiB |")
             if case == "hour":
                 targets.append(("hour of 60 files: prepare_audio <= 1.0x floor", f"{ratio:.2f}x", ratio <= 1.0))
             if case == "long":

@@ -105,6 +105,7 @@ AUDIOPREP = {
     "LEASE_SECONDS": env.int("AUDIOPREP_LEASE_SECONDS", default=600),
     "START_METHOD": env.str("AUDIOPREP_START_METHOD", default="spawn"),
     "STOP_GRACE_SECONDS": env.float("AUDIOPREP_STOP_GRACE_SECONDS", default=10.0),
+    "DECODE_HELPER_MIN_SECONDS": env.float("AUDIOPREP_DECODE_HELPER_MIN_SECONDS", default=600.0),
     "TEST_HOOK": env.str("AUDIOPREP_TEST_HOOK", default=""),
     # Only the policy values set in the environment; the rest keep the
     # defaults of audioprep.pipeline.config.PrepConfig.

@@ -28,9 +28,12 @@ from django.db import connection
 from audioprep import service
 from audioprep.models import AudioFile, FileResult, PrepRun, Segment
 from audioprep.pipeline import errors
+from audioprep.demo.files import encode
+from audioprep.demo.synth import speech_signal
 from audioprep.pipeline.config import PrepConfig
+from audioprep.pipeline.decode_helper import HelperDiedError
 from audioprep.pipeline.process import PrepResult, PrepTask, SegmentRecord, process_audio_sync, segment_path
-from audioprep.prepare_audio import PrepareAudio, RunStartError
+from audioprep.prepare_audio import PrepareAudio, RunStartError, usable_cpus
 from audioprep.runs import EXIT_FILES_FAILED, EXIT_NOT_STARTED, EXIT_SIGINT, EXIT_SIGTERM
 from tests.conftest import REPO_ROOT, database_url
 from tests.test_badinput import (
@@ -257,12 +260,67 @@ def test_exit_code_stored_late_still_found():
     assert dead == {4242: -signal.SIGKILL}
 
 
+def long_speech_mp3(path: Path, minutes: float) -> Path:
+    """Write a stereo 44.1 kHz MP3 of speech and pauses lasting about `minutes`."""
+    layout = [("silence", 0.6), ("speech", 2.5), ("silence", 0.9), ("speech", 1.8)]
+    repeats = max(1, round(minutes * 60 / 5.8))
+    encode(path, speech_signal(layout * repeats, sample_rate=44100, seed=9), 44100, 2, "mp3", "libmp3lame")
+    return path
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="a decoder helper starts only when a core is idle, and this machine has one")
+def test_helper_decoded_file_same_output(tmp_path, output_dir, settings):
+    import_audio(long_speech_mp3(tmp_path / "talk.mp3", 1.0))
+    alone_dir = tmp_path / "alone"
+    settings.AUDIOPREP = {**settings.AUDIOPREP, "DECODE_HELPER_MIN_SECONDS": 0}
+    prepare("--num_workers", "1", "--output_dir", str(alone_dir))
+    alone = _tree(alone_dir)
+    _reset_rows()
+
+    settings.AUDIOPREP = {**settings.AUDIOPREP, "DECODE_HELPER_MIN_SECONDS": 1}
+    prepare("--num_workers", "1", "--output_dir", str(output_dir), verbosity=3)
+
+    run = PrepRun.objects.latest("pk")
+    assert "decoded by a helper process: mp3" in Path(run.log_path).read_text(encoding="utf-8")
+    assert len(alone) > 5
+    assert _tree(output_dir) == alone
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="a decoder helper starts only when a core is idle, and this machine has one")
+def test_killed_helper_file_retried(tmp_path, output_dir):
+    path = long_speech_mp3(tmp_path / "talk.mp3", 4.0)
+    import_audio(path)
+
+    command = WatchedCommand(tmp_path, "prepare_audio", "--num_workers", "1", "--verbosity", "3", output_dir=output_dir,
+                             env={"AUDIOPREP_DECODE_HELPER_MIN_SECONDS": "1"})
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline and command.process.poll() is None:
+        command.watch(0.05)
+        for pid, (_created, cmdline) in command.seen.items():
+            if "audioprep.pipeline.decode_helper" in cmdline:
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
+    returncode = command.wait()
+
+    assert killed is not None, command.stderr
+    assert returncode == 0, command.stderr
+    audio_file = row(path)
+    assert audio_file.status == "done"
+    assert audio_file.attempts == 2
+    log_text = Path(PrepRun.objects.get().log_path).read_text(encoding="utf-8")
+    assert "worker: decoder helper process terminated by signal 9 (SIGKILL) before the end of the file" in log_text
+    assert command.survivors() == []
+    check_baseline(output_dir)
+
+
 # -- the process boundary ---------------------------------------------------------------------
 
 
 def _exception_classes():
     classes = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, Exception)]
-    return classes + [RunStartError, service.PrepareUsageError]
+    return classes + [RunStartError, service.PrepareUsageError, HelperDiedError]
 
 
 @pytest.mark.parametrize("cls", _exception_classes(), ids=lambda cls: cls.__name__)

@@ -45,6 +45,11 @@ with warnings.catch_warnings():
     from pydub import AudioSegment
 
 RAW_PCM_SUFFIXES = (".pcm", ".raw", ".s16", ".s16le")
+# Kinds of the items `PcmStream.source_items` yields.
+MONO_BLOCK = "mono"
+PCM_CHUNK = "pcm"
+FLUSH = "flush"
+
 # Decoded chunks are gathered to about this many output samples before they
 # are handed on, which keeps per-chunk Python overhead low.
 CHUNK_SAMPLES = 2 * OUTPUT_SAMPLE_RATE
@@ -181,9 +186,14 @@ class PcmStream:
     complete once the iterator is exhausted.
     """
 
-    def __init__(self, path: str, channel: str = "mix") -> None:
+    def __init__(self, path: str, channel: str = "mix", helper_min_seconds: float | None = None) -> None:
         self.path = path
         self.channel = channel
+        # A file whose header announces at least this many seconds is decoded
+        # by a helper process, while this process resamples and the caller
+        # detects speech. The output is the same. None turns the helper off.
+        self.helper_min_seconds = helper_min_seconds
+        self._helper = None
         self.info = SourceInfo()
         self._container = None
         self._log_capture = None
@@ -209,10 +219,17 @@ class PcmStream:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if self._helper is not None:
+            self._helper.close()
         if self._container is not None:
             self._container.close()
         if self._log_capture is not None:
             self._log_capture.__exit__(*exc_info)
+
+    @property
+    def used_helper(self) -> bool:
+        """Whether a helper process decoded the file."""
+        return self._helper is not None
 
     def _select_stream(self):
         container = self._container
@@ -300,13 +317,35 @@ class PcmStream:
             yield from self._iter_wav(self._wav_layout)
             return
         stream = self._select_stream()
-        # Decoded frames are short (20-90 ms), and each call into PyAV's
-        # resampler costs more than the resampling itself. So frames are
-        # gathered into blocks of about CHUNK_SAMPLES output samples, and
-        # each block is mixed down (or its channel taken) and resampled in
-        # one call. libswresample's default filter attenuates content above the
-        # output Nyquist frequency by more than 60 dB.
+        if self.helper_min_seconds is not None and (self.info.header_duration or 0.0) >= self.helper_min_seconds:
+            items = self._helper_items()
+        else:
+            items = self.source_items(stream)
+        # libswresample's default filter attenuates content above the output
+        # Nyquist frequency by more than 60 dB.
         resampler = av.AudioResampler(format="flt", layout="mono", rate=OUTPUT_SAMPLE_RATE)
+        for kind, rate, samples in items:
+            if kind == MONO_BLOCK:
+                joined = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+                joined.sample_rate = rate
+                yield from self._converted(resampler, joined)
+            elif kind == PCM_CHUNK:
+                yield samples
+            else:
+                yield from self._converted(resampler, None)
+
+    def source_items(self, stream) -> Iterator[tuple[str, int, np.ndarray | None]]:
+        """Yield the decoded audio of `stream` as (kind, rate, samples) items, in order.
+
+        Decoded frames are short (20-90 ms), and each call into PyAV's
+        resampler costs more than the resampling itself. So frames are
+        gathered into blocks of about CHUNK_SAMPLES output samples, and each
+        block is mixed down (or its channel taken) here and resampled by
+        the consumer in one call: a MONO_BLOCK item. Frames of a sample format
+        numpy cannot read come out resampled already, as PCM_CHUNK items.
+        One FLUSH item marks where the consumer flushes its resampler. Fills
+        `info` and raises as the file is read.
+        """
         block: list = []
         block_samples = 0
         block_key = None
@@ -317,41 +356,48 @@ class PcmStream:
                 continue
             key = (frame.format.name, frame.layout.name, rate)
             if block and key != block_key:
-                yield from self._resample_block(resampler, block, block_key)
+                yield from self._block_items(block, block_key)
                 block, block_samples = [], 0
             block_key = key
             block.append(frame)
             block_samples += frame.samples
             decoded_seconds += frame.samples / rate
             if block_samples * OUTPUT_SAMPLE_RATE >= CHUNK_SAMPLES * rate:
-                yield from self._resample_block(resampler, block, block_key)
+                yield from self._block_items(block, block_key)
                 block, block_samples = [], 0
         if block:
-            yield from self._resample_block(resampler, block, block_key)
-        yield from self._converted(resampler, None)
+            yield from self._block_items(block, block_key)
+        yield FLUSH, 0, None
         if self._frame_resampler is not None:
-            yield from self._converted(self._frame_resampler, None)
+            for chunk in self._converted(self._frame_resampler, None):
+                yield PCM_CHUNK, OUTPUT_SAMPLE_RATE, chunk
         self.info.duration = decoded_seconds
         if decoded_seconds <= 0:
             if self.info.num_decode_errors:
                 raise DecodeError(f"no decodable audio: {self.info.decode_warnings[0]}")
             raise EmptyInputError("no samples")
 
-    def _resample_block(self, resampler, frames: list, key: tuple) -> Iterator[np.ndarray]:
-        """Resample consecutive frames of one format, layout and rate; yield 16 kHz mono chunks."""
+    def _block_items(self, frames: list, key: tuple) -> Iterator[tuple[str, int, np.ndarray]]:
+        """Yield the item, or items, for consecutive frames of one format, layout and rate."""
         mono = self._mono_samples(frames, key[0])
-        if mono is None:
-            # A sample format numpy cannot read: let FFmpeg convert frame by
-            # frame, keeping every channel, and mix down after resampling.
-            if self._frame_resampler is None:
-                self._frame_resampler = av.AudioResampler(format="flt", layout=None, rate=OUTPUT_SAMPLE_RATE)
-            for frame in frames:
-                frame.pts = None
-                yield from self._converted(self._frame_resampler, frame)
+        if mono is not None:
+            yield MONO_BLOCK, key[2], mono
             return
-        joined = av.AudioFrame.from_ndarray(mono.reshape(1, -1), format="flt", layout="mono")
-        joined.sample_rate = key[2]
-        yield from self._converted(resampler, joined)
+        # A sample format numpy cannot read: let FFmpeg convert frame by
+        # frame, keeping every channel, and mix down after resampling.
+        if self._frame_resampler is None:
+            self._frame_resampler = av.AudioResampler(format="flt", layout=None, rate=OUTPUT_SAMPLE_RATE)
+        for frame in frames:
+            frame.pts = None
+            for chunk in self._converted(self._frame_resampler, frame):
+                yield PCM_CHUNK, OUTPUT_SAMPLE_RATE, chunk
+
+    def _helper_items(self) -> Iterator[tuple[str, int, np.ndarray | None]]:
+        """Yield the items of `source_items`, decoded by a helper process on another core."""
+        from .decode_helper import HelperStream
+
+        self._helper = HelperStream(self.path, self.channel)
+        yield from self._helper.items(self.info)
 
     def _mono_samples(self, frames: list, format_name: str) -> np.ndarray | None:
         """Return the chosen channel, or the mean of all, of `frames` as float32 in [-1, 1).

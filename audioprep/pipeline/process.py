@@ -49,6 +49,9 @@ class PrepTask:
     # rows may reuse old ids, and old segment files with indices beyond the
     # new ones stay behind (no row or manifest line names them).
     fresh: bool = False
+    # A file whose header announces at least this many seconds is decoded in
+    # a helper process, so that it uses two cores; None when no core is idle.
+    helper_min_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,7 @@ def _run_pipeline(task: PrepTask, result: PrepResult, deferred: list | None = No
     leftover = np.zeros(0, dtype=np.int16)
     total_samples = 0
     try:
-        with PcmStream(task.path, config.channel) as stream:
+        with PcmStream(task.path, config.channel, task.helper_min_seconds) as stream:
             for chunk in stream:
                 total_samples += chunk.size
                 writer.append(chunk, segmenter.retain_from)
@@ -288,8 +291,9 @@ def _run_pipeline(task: PrepTask, result: PrepResult, deferred: list | None = No
             fsync_directory(folder)
     result.status = "done" if writer.records else "no_speech"
     log.logger.debug(
-        "file {} decoded: {} {} {} Hz {} ch, {:.3f} s, {} output samples, {} segments",
+        "file {} decoded{}: {} {} {} Hz {} ch, {:.3f} s, {} output samples, {} segments",
         task.audio_file_id,
+        " by a helper process" if stream.used_helper else "",
         info.container,
         info.codec,
         info.sample_rate,

@@ -35,13 +35,19 @@ def _die_with_parent() -> None:
     outlives it.
     """
     parent = multiprocessing.parent_process()
-    if not sys.platform.startswith("linux") or parent is None:
+    if parent is not None:
+        die_with_parent(parent.pid)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when `parent_pid`, its parent, dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent.pid:
+    if os.getppid() != parent_pid:
         # The parent died before prctl took effect.
         os.kill(os.getpid(), signal.SIGKILL)
