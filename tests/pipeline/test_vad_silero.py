@@ -72,6 +72,30 @@ def test_check_model_rejects_other_interface(model_path):
         check_model(str(half))
 
 
+@pytest.fixture
+def sequence_model_path(model_path) -> Path:
+    path = model_path.with_name("silero_vad_16k_sequence.onnx")
+    if not path.is_file():
+        pytest.skip("silero_vad_16k_sequence.onnx is not part of this silero-vad version")
+    return path
+
+
+def test_check_model_accepts_sequence_form(sequence_model_path):
+    assert "silero_vad_16k_sequence.onnx" in check_model(str(sequence_model_path))
+
+
+def test_sequence_form_scores_equal_window_form(model_path, sequence_model_path):
+    frames = to_frames(speech_signal([("silence", 0.7), ("speech", 2.5), ("silence", 0.4), ("speech", 1.2)], seed=3))
+    window_form = SileroDetector(str(model_path), frame_ms=30)
+    sequence_form = SileroDetector(str(sequence_model_path), frame_ms=30)
+
+    expected = np.concatenate([window_form.score(frames[start : start + 11]) for start in range(0, frames.shape[0], 11)])
+    scores = np.concatenate([sequence_form.score(frames[start : start + 11]) for start in range(0, frames.shape[0], 11)])
+
+    assert expected.max() > 0.8
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+
+
 def test_detector_scores_generated_speech(model_path):
     detector = SileroDetector(str(model_path), frame_ms=30)
     signal = speech_signal([("silence", 1.0), ("speech", 2.0), ("silence", 1.0)], seed=0)
