@@ -41,7 +41,7 @@ from .pipeline import worker_state
 from .pipeline.audio_io import check_decoder
 from .pipeline.config import WEBRTC_MODEL, PrepConfig
 from .pipeline.errors import EnvironmentCheckError, PrepError, format_reason
-from .pipeline.process import PrepResult, PrepTask, process_audio_sync, process_batch_sync
+from .pipeline.process import PrepResult, PrepTask, process_audio_sync, process_batch_sync, remove_segment_files
 from .pipeline.vad.webrtc import check_webrtcvad
 from .pipeline.worker import initialize_worker
 
@@ -70,6 +70,11 @@ DB_LOCK_RETRIES = 5
 DB_RETRY_FIRST_WAIT = 0.2
 # Status of a result whose file goes back to pending without counting the attempt.
 REQUEUE = "requeue"
+# Flag of a REQUEUE result whose worker was stopped while it prepared the
+# file: segment files it already wrote are removed before the file is released.
+STOPPED_IN_FLIGHT = "stopped_in_flight"
+# Seconds the parent waits for terminated pool processes to exit.
+TERMINATE_WAIT_SECONDS = 5.0
 
 
 def usable_cpus() -> int:
@@ -581,9 +586,18 @@ class PrepareAudio:
         if executor is None:
             return
         self._pool_terminated = True
-        for process in self._pool_processes():
+        processes = self._pool_processes()
+        for process in processes:
             process.terminate()
         executor.shutdown(wait=False, cancel_futures=True)
+        # Their files go back to pending only after this wait, so no dying
+        # worker renames a segment file after its file's partial output is removed.
+        deadline = time.monotonic() + TERMINATE_WAIT_SECONDS
+        for process in processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                process.kill()
+                process.join(timeout=1.0)
 
     @staticmethod
     def _dead_workers(executor: ProcessPoolExecutor, seen: dict | None = None, pids: set[int] | None = None) -> dict[int, int]:
@@ -656,12 +670,12 @@ class PrepareAudio:
             return self._worker_death_result(task, known[0][task.audio_file_id])
         if self._pool_terminated or self._stop_signal is not None:
             # The run stopped the pool itself: the file was not at fault.
-            return PrepResult(task.audio_file_id, status=REQUEUE)
+            return PrepResult(task.audio_file_id, status=REQUEUE, flags=[STOPPED_IN_FLIGHT])
         culprits, certain = await self._handle_broken_pool(generation, executor, table)
         exit_code = culprits.get(task.audio_file_id)
         if exit_code is None:
             # Another file's worker died: hand this one back unharmed.
-            return PrepResult(task.audio_file_id, status=REQUEUE)
+            return PrepResult(task.audio_file_id, status=REQUEUE, flags=[STOPPED_IN_FLIGHT])
         if certain:
             return self._worker_death_result(task, exit_code)
         # Several workers died of SIGTERM at once: retry, counting the attempt.
@@ -736,8 +750,23 @@ class PrepareAudio:
             if batch:
                 await self._commit(batch, log)
 
+    def _remove_partial_output(self, audio_file_ids: list[int], log) -> None:
+        """Delete the segment files that stopped workers wrote for files now handed back."""
+        for audio_file_id in audio_file_ids:
+            try:
+                removed = remove_segment_files(self._output_dir, audio_file_id)
+            except OSError as exc:
+                log.bind(audio_file_id=audio_file_id).warning("file {}: cannot remove its partial segments: {}", audio_file_id, exc)
+                continue
+            if removed:
+                log.bind(audio_file_id=audio_file_id).debug("file {}: removed {} partial segment files of the stopped attempt", audio_file_id, removed)
+
     async def _commit(self, batch: list[PrepResult], log) -> None:
         requeue = [result.audio_file_id for result in batch if result.status == REQUEUE]
+        stopped = [result.audio_file_id for result in batch if result.status == REQUEUE and STOPPED_IN_FLIGHT in result.flags]
+        if stopped:
+            # Before the release, so that no new attempt of the file writes meanwhile.
+            await self._db(self._remove_partial_output, stopped, log)
         if requeue:
             await self._db(ledger.release, self._token, requeue)
             for audio_file_id in requeue:

@@ -412,6 +412,8 @@ def test_signal_stops_run_cleanly(signals, to_group, exit_status, make_wav, tmp_
     assert run.num_selected == run.num_done + run.num_released
     assert command.survivors() == []
     assert not [path for path in (output_dir / "segments").rglob(".*")]
+    for audio_file in AudioFile.objects.filter(status="pending"):
+        assert files_of(output_dir, audio_file.pk) == [], audio_file.path
     log_text = Path(run.log_path).read_text(encoding="utf-8")
     assert f"run {run.pk} interrupted" in log_text
 
@@ -420,6 +422,29 @@ def test_signal_stops_run_cleanly(signals, to_group, exit_status, make_wav, tmp_
     assert set(AudioFile.objects.values_list("status", flat=True)) == {"done"}
     assert FileResult.objects.filter(status="done").count() == 30
     check_baseline(output_dir)
+
+
+def test_hard_stop_removes_partial_segments(tmp_path, output_dir):
+    path = long_speech_mp3(tmp_path / "talk.mp3", 8.0)
+    import_audio(path)
+
+    command = WatchedCommand(tmp_path, "prepare_audio", "--num_workers", "1", output_dir=output_dir,
+                             env={"AUDIOPREP_DECODE_HELPER_MIN_SECONDS": "0"})
+    # Segments are written as they close, long before the file ends.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and command.process.poll() is None and not segment_files(output_dir):
+        command.watch(0.02)
+    written = len(segment_files(output_dir))
+    command.send(signal.SIGINT)
+    time.sleep(0.05)
+    command.send(signal.SIGINT)
+    returncode = command.wait(timeout=60)
+
+    assert written > 0, command.stderr
+    assert returncode == EXIT_SIGINT, command.stderr
+    assert row(path).status == "pending"
+    assert segment_files(output_dir) == []
+    assert command.survivors() == []
 
 
 def test_interrupt_in_process_has_no_sync_only_errors(make_wav, tmp_path, output_dir, settings, monkeypatch):
