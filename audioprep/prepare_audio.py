@@ -345,10 +345,10 @@ class PrepareAudio:
                 seconds_per_file = recent if seconds_per_file is None else 0.5 * seconds_per_file + 0.5 * recent
 
     def _core_idle(self) -> bool:
-        """Return whether a file sent now may have a decoder helper: no file waits and a core would stay idle.
+        """Return whether a file sent now may get a decoder helper: no file waits and a core is idle.
 
         Counts a core for each file in flight and one more for each that may
-        have a helper, so helpers never take a core a worker could use.
+        have a helper, so helpers never take a core that a worker could use.
         """
         if self.helper_min_seconds <= 0 or not self.queue_manager.queue.empty():
             return False

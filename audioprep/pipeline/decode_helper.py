@@ -40,7 +40,7 @@ _DONE = b"D"
 # with fewer context switches, and 1 MiB is the default limit for
 # unprivileged processes (/proc/sys/fs/pipe-max-size, see pipe(7)).
 PIPE_BYTES = 1 << 20
-# The fields of SourceInfo that only decoding fills; the worker probes the rest itself.
+# Fields of SourceInfo that only decoding fills. The worker probes the rest itself.
 DECODED_FIELDS = ("duration", "decode_warnings", "num_decode_errors")
 STDERR_TAIL_CHARS = 200
 # While a helper decodes, the worker returns freed heap memory to the system
@@ -49,12 +49,12 @@ STDERR_TAIL_CHARS = 200
 # a 2-minute one, and 75 MiB with the trim. Files decoded in one process do
 # not trim, because there it cost 7-19 % of the time on one-minute files.
 TRIM_EVERY_BLOCKS = 2
-# glibc's malloc_trim, looked up on first use; False where the C library lacks it.
+# glibc's malloc_trim, looked up on first use. False where the C library lacks it.
 _malloc_trim = None
 
 
 class HelperDiedError(PrepError):
-    """The decoder helper process ended before the end of the file; the file is retried."""
+    """Error raised when the decoder helper process ends before the end of the file, which is then retried."""
 
     category = "worker"
 
@@ -149,7 +149,7 @@ class HelperStream:
 
 
 def _release_free_memory() -> None:
-    """Return the free parts of the heap to the system (glibc's malloc_trim; elsewhere nothing)."""
+    """Return the free parts of the heap to the system with glibc's malloc_trim; do nothing without glibc."""
     global _malloc_trim
     if _malloc_trim is None:
         try:
@@ -191,11 +191,14 @@ def run(path: str, channel: str, out) -> None:
     except BrokenPipeError:
         raise
     except Exception as exc:
-        _send(out, _INFO, 0, pickle.dumps({name: getattr(stream.info, name) for name in DECODED_FIELDS}))
-        _send(out, _ERROR, 0, _picklable(exc))
+        error = exc
     else:
-        _send(out, _INFO, 0, pickle.dumps({name: getattr(stream.info, name) for name in DECODED_FIELDS}))
+        error = None
+    _send(out, _INFO, 0, pickle.dumps({name: getattr(stream.info, name) for name in DECODED_FIELDS}))
+    if error is None:
         _send(out, _DONE)
+    else:
+        _send(out, _ERROR, 0, _picklable(error))
     out.flush()
 
 
