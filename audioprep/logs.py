@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 
@@ -39,30 +40,54 @@ def add_run_log(path: Path, run_id: int, level: str = "DEBUG") -> int:
 
 
 class WorkerLogForwarder:
-    """Re-emit records that worker processes put on a multiprocessing queue."""
+    """Re-emit the log records that the worker processes of one pool send.
+
+    Every pool gets its own forwarder and queue, and the parent never writes
+    to the queue. A worker killed while it sends a record leaves the queue's
+    write lock taken, and may leave half a record in the pipe. Any process
+    that then writes to that queue blocks forever, at the latest when it
+    exits and flushes its queue.
+    """
+
+    POLL_SECONDS = 0.05
 
     def __init__(self, context, run_id: int | None) -> None:
         self.queue = context.Queue()
         self.run_id = run_id
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="audioprep-worker-logs", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Emit what is queued, then end the thread."""
-        self.queue.put(None)
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Emit what is queued, then end the thread; return False when it did not end within `timeout` seconds.
+
+        The thread stops at the first moment the queue is empty, so stop it
+        after the pool's processes have exited. A thread that did not end is
+        blocked on half a record from a killed worker. It is a daemon
+        thread, and its queue is left open, so the descriptor it reads is
+        not reused while it waits.
+        """
+        self._stopping.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
         self.queue.close()
-        self.queue.join_thread()
+        return True
 
     def _pump(self) -> None:
         while True:
             try:
-                item = self.queue.get()
+                item = self.queue.get(timeout=self.POLL_SECONDS)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
             except (EOFError, OSError):
                 return
-            if item is None:
+            except Exception as exc:  # the rest of a record cut short by a killed worker
+                logger.bind(run_id=self.run_id).warning("log records of a worker process were lost: {}: {}", type(exc).__name__, exc)
                 return
             extra = dict(item.get("extra") or {})
             extra.setdefault("run_id", self.run_id)

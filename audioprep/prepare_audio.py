@@ -75,6 +75,10 @@ REQUEUE = "requeue"
 STOPPED_IN_FLIGHT = "stopped_in_flight"
 # Seconds the parent waits for terminated pool processes to exit.
 TERMINATE_WAIT_SECONDS = 5.0
+# Seconds the parent waits at the end of a run for the worker log records of
+# the last pool, and of each pool that broke before it.
+LOG_STOP_SECONDS = 5.0
+BROKEN_LOG_STOP_SECONDS = 1.0
 
 
 def usable_cpus() -> int:
@@ -234,7 +238,8 @@ class PrepareAudio:
         self._token = ""
         self._output_dir = Path(".")
         self._context = None
-        self._log_forwarder: WorkerLogForwarder | None = None
+        # One per pool: the last is the current pool's (see WorkerLogForwarder).
+        self._log_forwarders: list[WorkerLogForwarder] = []
 
     # -- database thread ---------------------------------------------------
 
@@ -429,8 +434,6 @@ class PrepareAudio:
         self._hard_stop_event = asyncio.Event()
         self._pool_lock = asyncio.Lock()
         self._context = multiprocessing.get_context(self.start_method)
-        self._log_forwarder = WorkerLogForwarder(self._context, self.run.pk)
-        self._log_forwarder.start()
         # Forked children must not inherit an open database socket.
         await self._db(self._close_db_connections)
         self._start_pool(num_workers)
@@ -460,7 +463,7 @@ class PrepareAudio:
                 if not task.done():
                     task.cancel()
             self._shutdown_pool()
-            self._log_forwarder.stop()
+            self._stop_log_forwarders(log)
         await self._db(ledger.release, self._token)
         if self._abort_reason:
             return PrepRun.Status.ABORTED, self._abort_reason
@@ -556,11 +559,14 @@ class PrepareAudio:
 
     def _start_pool(self, num_workers: int) -> None:
         self._slot_table = worker_state.new_table(self._context, num_workers)
+        forwarder = WorkerLogForwarder(self._context, self.run.pk)
+        forwarder.start()
+        self._log_forwarders.append(forwarder)
         self._executor = ProcessPoolExecutor(
             max_workers=num_workers,
             mp_context=self._context,
             initializer=initialize_worker,
-            initargs=(self._log_forwarder.queue, self.log_level, self._slot_table),
+            initargs=(forwarder.queue, self.log_level, self._slot_table),
         )
         self._pool_generation += 1
         self._num_workers = num_workers
@@ -568,6 +574,13 @@ class PrepareAudio:
     def _shutdown_pool(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _stop_log_forwarders(self, log) -> None:
+        """Emit the last records of every pool, waiting less for a broken pool's."""
+        for index, forwarder in enumerate(self._log_forwarders):
+            current = index == len(self._log_forwarders) - 1
+            if not forwarder.stop(timeout=LOG_STOP_SECONDS if current else BROKEN_LOG_STOP_SECONDS):
+                log.warning("worker log records of pool {} of {} not read in time; its last records may be lost", index + 1, len(self._log_forwarders))
 
     def _pool_processes(self) -> list[multiprocessing.process.BaseProcess]:
         """Return the live worker processes of the current pool.

@@ -13,7 +13,9 @@ import signal
 
 from loguru import logger
 
-__all__ = ["logger", "install_worker_logging"]
+__all__ = ["logger", "install_worker_logging", "worker_queue"]
+
+_queue = None
 
 
 def _queue_sink(queue):
@@ -47,7 +49,14 @@ def install_worker_logging(queue, level: str = "DEBUG") -> None:
     Workers also ignore SIGINT, so Ctrl-C in a terminal reaches only the
     parent, which decides how to stop them.
     """
+    global _queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logger.remove()
+    _queue = queue
     if queue is not None:
         logger.add(_queue_sink(queue), level=level, format="{message}", catch=True)
+
+
+def worker_queue():
+    """Return the queue this worker process sends its log records to, or None."""
+    return _queue

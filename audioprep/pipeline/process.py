@@ -381,7 +381,9 @@ def apply_test_hook(task: PrepTask) -> None:
     The hook is a comma-separated list of `action=argument` items:
     `sleep=SECONDS` delays every file; `kill=TEXT` sends SIGKILL to this
     process and `abort=TEXT` calls os.abort() when the source path contains
-    TEXT (a simulated out-of-memory kill or native crash); `vad_error=TEXT`
+    TEXT (a simulated out-of-memory kill or native crash); `kill_mid_log=TEXT`
+    sends SIGKILL while this process holds the write lock of its log queue,
+    as a kill in the middle of sending a log record would; `vad_error=TEXT`
     makes webrtcvad raise on the third frame of such a file (see `_vad_fault`).
     """
     import signal
@@ -393,6 +395,13 @@ def apply_test_hook(task: PrepTask) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "abort" and argument and argument in task.path:
             os.abort()
+        elif action == "kill_mid_log" and argument and argument in task.path:
+            # NOTE: `_wlock` is CPython's private writer lock of a
+            # multiprocessing.Queue. A record send holds it while it writes.
+            queue = log.worker_queue()
+            if queue is not None and getattr(queue, "_wlock", None) is not None:
+                queue._wlock.acquire()
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _FailingVad:

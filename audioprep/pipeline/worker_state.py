@@ -9,10 +9,26 @@ survives the sudden death of its writer.
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+# A process killed while it holds the table's lock never releases it. After
+# this wait the readers go on without the lock, so they never block forever.
+LOCK_WAIT_SECONDS = 2.0
 
 _table = None
 _slot: int | None = None
+
+
+@contextlib.contextmanager
+def _locked(table):
+    lock = table.get_lock()
+    acquired = lock.acquire(timeout=LOCK_WAIT_SECONDS)
+    try:
+        yield
+    finally:
+        if acquired:
+            lock.release()
 
 
 def new_table(context, num_slots: int):
@@ -27,7 +43,7 @@ def attach(table) -> None:
     if table is None:
         return
     pid = os.getpid()
-    with table.get_lock():
+    with _locked(table):
         for slot in range(len(table) // 2):
             if table[2 * slot] == 0:
                 table[2 * slot] = pid
@@ -44,13 +60,13 @@ def mark(audio_file_id: int) -> None:
 
 def pids(table) -> set[int]:
     """Return the pids of every process that took a slot in `table`."""
-    with table.get_lock():
+    with _locked(table):
         values = list(table)
     return {values[i] for i in range(0, len(values), 2) if values[i]}
 
 
 def holders(table) -> dict[int, int]:
     """Return {pid: audio_file_id} for every busy process in `table`."""
-    with table.get_lock():
+    with _locked(table):
         values = list(table)
     return {values[i]: values[i + 1] for i in range(0, len(values), 2) if values[i] and values[i + 1]}
