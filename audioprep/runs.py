@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from .models import AudioFile, FileResult, PrepRun, Segment
 from .pipeline.config import PrepConfig
+from .pipeline.errors import counted
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_LOCK_NAME = ".manifest.lock"
@@ -57,9 +58,9 @@ class RunSummary:
 
     def line(self) -> str:
         return (
-            f"run {self.run_id} {self.status}: {self.num_selected} files, {self.num_done} done, "
+            f"run {self.run_id} {self.status}: {counted(self.num_selected, 'file')}, {self.num_done} done, "
             f"{self.num_no_speech} no speech, {self.num_failed} failed, {self.num_skipped} skipped; "
-            f"{self.num_segments} segments, {self.speech_seconds / 3600:.3f} h speech from "
+            f"{counted(self.num_segments, 'segment')}, {self.speech_seconds / 3600:.3f} h speech from "
             f"{self.audio_seconds / 3600:.3f} h audio in {self.elapsed:.1f} s"
         )
 

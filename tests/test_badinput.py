@@ -376,7 +376,7 @@ EXPECTED_EMPTY_REASONS = {
     "zero_bytes.wav": "empty: 0 bytes",
     "header_only_no_samples.wav": "empty: no samples",
     "video_no_audio_track.mp4": "decode: no audio stream",
-    "picture_named.mp3": "decode: ",
+    "picture_named.mp3": "decode: no audio stream (the file is a PNG image)",
     "csv_text_named.wav": "decode: not an audio file",
     "headerless_s16le_16k_mono.pcm": "decode: headerless PCM not supported",
 }

@@ -236,6 +236,9 @@ class PcmStream:
         info = self.info
         info.container = container.format.name
         if not container.streams.audio:
+            if info.container.endswith("_pipe"):
+                # FFmpeg reads still images with its *_pipe formats (png_pipe, jpeg_pipe...).
+                raise DecodeError(f"no audio stream (the file is a {info.container.removesuffix('_pipe').upper()} image)")
             kinds = sorted({stream.type for stream in container.streams})
             found = f" (found {', '.join(kinds)})" if kinds else ""
             raise DecodeError(f"no audio stream{found}")

@@ -68,3 +68,8 @@ def format_reason(category: str, detail: str) -> str:
     if len(text) > MAX_REASON_CHARS:
         text = text[: MAX_REASON_CHARS - 3] + "..."
     return text
+
+
+def counted(count: int, noun: str) -> str:
+    """Return `count` followed by `noun`, in the plural unless the count is 1: "1 segment", "3 segments"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

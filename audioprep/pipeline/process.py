@@ -20,7 +20,7 @@ import numpy as np
 from . import log, worker_state
 from .audio_io import PcmStream, check_source, file_checksum, finalize_file, fsync_directory, write_wav_temporary
 from .config import OUTPUT_SAMPLE_RATE, PrepConfig
-from .errors import OutputError, PrepError, format_reason
+from .errors import OutputError, PrepError, counted, format_reason
 from .segment import Segmenter, Span, frame_levels_dbfs
 from .vad import FrameDetector, create_detector
 
@@ -291,7 +291,7 @@ def _run_pipeline(task: PrepTask, result: PrepResult, deferred: list | None = No
             fsync_directory(folder)
     result.status = "done" if writer.records else "no_speech"
     log.logger.debug(
-        "file {} decoded{}: {} {} {} Hz {} ch, {:.3f} s, {} output samples, {} segments",
+        "file {} decoded{}: {} {} {} Hz {} ch, {:.3f} s, {} output samples, {}",
         task.audio_file_id,
         " by a helper process" if stream.used_helper else "",
         info.container,
@@ -300,7 +300,7 @@ def _run_pipeline(task: PrepTask, result: PrepResult, deferred: list | None = No
         info.channels,
         info.duration,
         total_samples,
-        len(writer.records),
+        counted(len(writer.records), "segment"),
     )
 
 

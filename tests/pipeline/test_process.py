@@ -11,6 +11,7 @@ import pytest
 from audioprep.demo.synth import speech_signal, write_wav
 from audioprep.pipeline import errors
 from audioprep.pipeline.config import PrepConfig
+from audioprep.pipeline.errors import counted
 from audioprep.pipeline.process import PrepTask, process_audio_sync, segment_path
 from tests.conftest import TWO_REGION_LAYOUT
 
@@ -143,3 +144,9 @@ def test_process_in_forked_child_after_parent_use(tmp_path):
 
     assert result.status == "done"
     assert len(result.segments) == 2
+
+
+def test_counted_uses_singular_for_one():
+    assert counted(1, "segment") == "1 segment"
+    assert counted(0, "segment") == "0 segments"
+    assert counted(12, "file") == "12 files"
