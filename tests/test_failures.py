@@ -168,7 +168,7 @@ def terminal_rows(statuses=("done", "no_speech", "failed", "skipped")):
         ("kill", "worker: terminated by signal 9 (SIGKILL) (possibly out of memory)"),
         ("abort", "worker: terminated by signal 6 (SIGABRT)"),
         # A worker killed while it sends a log record leaves the queue's
-        # write lock taken; the workers of the next pool must not wait on it.
+        # write lock taken. The workers of the next pool must not wait on it.
         ("kill_mid_log", "worker: terminated by signal 9 (SIGKILL) (possibly out of memory)"),
     ],
 )
@@ -294,8 +294,10 @@ def test_killed_helper_file_retried(tmp_path, output_dir):
     path = long_speech_mp3(tmp_path / "talk.mp3", 4.0)
     import_audio(path)
 
+    # The helper waits 2 s before it decodes, so the loop below finds it
+    # however fast the machine decodes the file.
     command = WatchedCommand(tmp_path, "prepare_audio", "--num_workers", "1", "--verbosity", "3", output_dir=output_dir,
-                             env={"AUDIOPREP_DECODE_HELPER_MIN_SECONDS": "1"})
+                             env={"AUDIOPREP_DECODE_HELPER_MIN_SECONDS": "1", "AUDIOPREP_TEST_HOOK": "helper_pause=2"})
     killed = None
     deadline = time.monotonic() + 60
     while killed is None and time.monotonic() < deadline and command.process.poll() is None:

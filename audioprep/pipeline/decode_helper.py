@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,6 +203,18 @@ def run(path: str, channel: str, out) -> None:
     out.flush()
 
 
+def _apply_test_hook(test_hook: str) -> None:
+    """Sleep before decoding when the test hook contains `helper_pause=SECONDS`.
+
+    The helper runs without Django settings, so it reads the hook from the
+    AUDIOPREP_TEST_HOOK environment variable, which the worker passes on.
+    """
+    for item in test_hook.split(","):
+        action, _, argument = item.strip().partition("=")
+        if action == "helper_pause":
+            time.sleep(float(argument))
+
+
 def main(argv: list[str]) -> int:
     path, channel, parent = argv[1], argv[2], int(argv[3])
     from .worker import die_with_parent
@@ -209,6 +222,7 @@ def main(argv: list[str]) -> int:
     die_with_parent(parent)
     # Like the workers, ignore Ctrl-C: the run decides when a file stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _apply_test_hook(os.environ.get("AUDIOPREP_TEST_HOOK", ""))
     # A buffered writer writes each payload whole, which a raw pipe write may not.
     out = os.fdopen(sys.stdout.fileno(), "wb", closefd=False)
     try:

@@ -385,6 +385,8 @@ def apply_test_hook(task: PrepTask) -> None:
     sends SIGKILL while this process holds the write lock of its log queue,
     as a kill in the middle of sending a log record would; `vad_error=TEXT`
     makes webrtcvad raise on the third frame of such a file (see `_vad_fault`).
+    `helper_pause=SECONDS` is read by the decoder helper process instead
+    (see `decode_helper._apply_test_hook`).
     """
     import signal
 
