@@ -33,7 +33,14 @@ def check_settings(app_configs=None, **kwargs) -> list[Error]:
     try:
         PrepConfig.from_dict(dict(conf.get("SEGMENTATION")))
     except (TypeError, ValueError) as exc:
-        errors.append(Error(f"AUDIOPREP['SEGMENTATION'] is invalid: {exc}", id="audioprep.E003"))
+        errors.append(
+            Error(
+                f"AUDIOPREP['SEGMENTATION'] is invalid: {exc}",
+                hint="Fix the value in the settings, or in the environment variable that sets it: the bundled project "
+                "reads AUDIOPREP_<FIELD IN CAPITALS> (for example AUDIOPREP_VAD_AGGRESSIVENESS; see .env.example).",
+                id="audioprep.E003",
+            )
+        )
     if conf.get("START_METHOD") not in ("spawn", "forkserver", "fork"):
         errors.append(
             Error(

@@ -116,7 +116,10 @@ def import_audio(*paths: str, from_file: str | None = None) -> None:
     counts = import_paths(paths, [from_file] if from_file else [])
     for source in counts.missing:
         sys.stderr.write(f"not found: {source}\n")
-    sys.stdout.write(f"{counts.new} new, {counts.known} already known, {counts.ignored} ignored (not audio)\n")
+    sys.stdout.write(f"{counts.new} new, {counts.known} already known, {counts.ignored} ignored (extension not selected)\n")
+    if counts.missing:
+        # The same status as manage.py import_audio, whose CommandError exits with 1.
+        raise SystemExit(1)
 
 
 def main() -> None:

@@ -381,13 +381,16 @@ class PrepareAudio:
                 log.warning("took back {} stale claims ({} ended failed after {} attempts)", requeued + gave_up, gave_up, self.max_attempts)
             for closed in await self._db(runs.close_abandoned_runs, run, self.lease_seconds):
                 log.warning("run {} had stopped without closing its record; it is now interrupted", closed)
+            if not self.recover_stale:
+                for level, note in await self._db(runs.other_claims_notes, run):
+                    log.log(level, "{}", note)
             if self.retry_failed:
-                log.info("requeued {} failed files", await self._db(ledger.requeue_failed))
+                log.info("requeued {}", counted(await self._db(ledger.requeue_failed), "failed file"))
             pending = await self._db(ledger.count_pending)
             planned = min(pending, self.limit) if self.limit is not None else pending
             log.info(
-                "run {} started: {} files to prepare ({} pending), {} workers, VAD {}, output {}, parameters {} (hash {})",
-                run.pk, planned, pending, num_workers, config.vad_model, self._output_dir, config.as_dict(), config.config_hash(),
+                "run {} started: {} to prepare ({} pending), {}, VAD {}, output {}, parameters {} (hash {})",
+                run.pk, counted(planned, "file"), pending, counted(num_workers, "worker"), config.vad_model, self._output_dir, config.as_dict(), config.config_hash(),
             )
             status, reason = await self._process_all(config, num_workers, log)
         except BaseException as exc:
@@ -800,7 +803,7 @@ class PrepareAudio:
             else:
                 file_log.error("file {} failed: {}", result.audio_file_id, result.reason)
             if result.decode_warnings:
-                file_log.warning("file {} decoded with {} warnings: {}", result.audio_file_id, len(result.decode_warnings), "; ".join(result.decode_warnings))
+                file_log.warning("file {} decoded with {}: {}", result.audio_file_id, counted(len(result.decode_warnings), "warning"), "; ".join(result.decode_warnings))
         if self.on_progress is not None:
             self.on_progress(self._progress)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 
 from .models import AudioFile, FileResult, PrepRun, Segment
@@ -59,7 +59,8 @@ class RunSummary:
     def line(self) -> str:
         return (
             f"run {self.run_id} {self.status}: {counted(self.num_selected, 'file')}, {self.num_done} done, "
-            f"{self.num_no_speech} no speech, {self.num_failed} failed, {self.num_skipped} skipped; "
+            f"{self.num_no_speech} no speech, {self.num_failed} failed, {self.num_skipped} skipped, "
+            f"{self.num_released} released; "
             f"{counted(self.num_segments, 'segment')}, {self.speech_seconds / 3600:.3f} h speech from "
             f"{self.audio_seconds / 3600:.3f} h audio in {self.elapsed:.1f} s"
         )
@@ -162,6 +163,38 @@ def close_abandoned_runs(current: PrepRun, lease_seconds: int) -> list[int]:
         finalize_run(run, PrepRun.Status.INTERRUPTED, f"run: its process stopped without closing the run; closed by run {current.pk}")
         closed.append(run.pk)
     return closed
+
+
+def other_claims_notes(current: PrepRun) -> list[tuple[str, str]]:
+    """Return (log level, text) notes on the files that other runs still claim.
+
+    A run on this host whose process is gone gets a warning, because its
+    files wait for their leases or for --recover_stale. A run that may still
+    be preparing its files gets an info note.
+    """
+    host = socket.gethostname()[:255]
+    claims = (
+        AudioFile.objects.filter(status=AudioFile.Status.PROCESSING)
+        .exclude(last_run=current)
+        .values("last_run")
+        .annotate(count=Count("id"), until=Max("lease_until"))
+        .order_by("last_run")
+    )
+    notes = []
+    for entry in claims:
+        run = PrepRun.objects.filter(pk=entry["last_run"]).first()
+        files = counted(entry["count"], "file")
+        until = timezone.localtime(entry["until"]).strftime("%Y-%m-%d %H:%M:%S") if entry["until"] else "unknown"
+        if run is not None and run.host == host and not _process_alive(run.pid):
+            notes.append((
+                "WARNING",
+                f"{files} held by run {run.pk}, whose process {run.pid} is gone; they return to pending when "
+                f"their leases expire ({until}), or now with --recover_stale",
+            ))
+        else:
+            name = f"run {run.pk}" if run is not None else "a deleted run"
+            notes.append(("INFO", f"{files} held by {name}, which may still be preparing them; their leases expire at {until} unless renewed"))
+    return notes
 
 
 def summarize(run: PrepRun) -> RunSummary:

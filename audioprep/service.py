@@ -15,6 +15,7 @@ from loguru import logger
 from . import conf
 from .ledger import count_pending
 from .pipeline.config import PrepConfig
+from .pipeline.errors import counted
 from .prepare_audio import PrepareAudio, RunStartError
 from .runs import EXIT_NOT_STARTED, RunSummary
 
@@ -175,12 +176,17 @@ def _dry_run(options, config, model_for_vad, num_workers, limit, output_dir, std
     except (RunStartError, ValueError) as exc:
         raise PrepareUsageError(f"the run could not start: {exc}") from exc
     pending = count_pending()
+    kinds = "pending"
     if options.get("retry_failed"):
         pending += AudioFile.objects.filter(status=AudioFile.Status.FAILED).count()
+        kinds = "pending or failed"
+    if options.get("recover_stale"):
+        pending += AudioFile.objects.filter(status=AudioFile.Status.PROCESSING).count()
+        kinds += " or stale"
     planned = pending if limit is None else min(pending, limit)
     if stdout is not None:
         stdout.write(
-            f"dry run: would prepare {planned} of {pending} pending files with {num_workers} workers into "
+            f"dry run: would prepare {planned} of {counted(pending, kinds + ' file')} with {counted(num_workers, 'worker')} into "
             f"{output_dir}; VAD {config.vad_model}; parameters {config.as_dict()}"
         )
     return None
@@ -200,6 +206,6 @@ def failure_message(summary: RunSummary) -> str:
     if summary.status == "aborted":
         return f"run {summary.run_id} aborted: {summary.reason} (log: {summary.log_path})"
     return (
-        f"{summary.num_failed} of {summary.num_selected} files failed; their reasons are on the AudioFile rows "
+        f"{counted(summary.num_failed, 'file')} of {summary.num_selected} failed; their reasons are on the AudioFile rows "
         f"and in the run log {summary.log_path}; rerun with --retry_failed after fixing them"
     )

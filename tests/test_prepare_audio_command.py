@@ -125,7 +125,7 @@ def test_prepare_audio_failed_files_exit_status(make_wav, tmp_path, run_manage):
     completed = run_manage("prepare_audio", "--num_workers", "1")
 
     assert completed.returncode == EXIT_FILES_FAILED, completed.stderr
-    assert "1 of 1 files failed" in completed.stderr
+    assert "1 file of 1 failed" in completed.stderr
     assert AudioFile.objects.get().reason == "empty: 0 bytes"
 
 
@@ -237,6 +237,29 @@ def test_import_audio_list_file_and_glob(tmp_path, make_wav):
     assert "2 new" in out.getvalue()
 
 
+@pytest.mark.parametrize("entry", ["manage.py", "fire"])
+def test_import_missing_path_exits_1(entry, make_wav, run_manage, tmp_path):
+    present = make_wav("one.wav")
+    missing = tmp_path / "no-such-folder"
+    if entry == "manage.py":
+        completed = run_manage("import_audio", str(present), str(missing))
+    else:
+        import subprocess
+        import sys
+
+        from tests.conftest import database_url
+
+        completed = subprocess.run(
+            [sys.executable, "-m", "audioprep", "import_audio", str(present), str(missing)],
+            cwd=REPO_ROOT, env={**os.environ, "DATABASE_URL": database_url()}, capture_output=True, text=True, timeout=120,
+        )
+
+    assert completed.returncode == 1, completed.stderr
+    assert f"not found: {missing}" in completed.stderr
+    assert "1 new" in completed.stdout
+    assert AudioFile.objects.filter(path=str(present)).exists()
+
+
 def test_fire_cli_runs_same_prepare(make_wav, run_manage, output_dir):
     import_audio(make_wav("a.wav"))
     import subprocess
@@ -303,7 +326,7 @@ def test_dry_run_counts_failed_with_retry(make_wav, tmp_path, output_dir):
 
     out = prepare("--dry-run", "--retry_failed")
 
-    assert "would prepare 1 of 1 pending files" in out
+    assert "would prepare 1 of 1 pending or failed file with" in out
     assert AudioFile.objects.get(path__endswith="empty.wav").status == "failed"
 
 

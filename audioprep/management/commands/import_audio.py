@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from ...importer import import_paths
+from ...pipeline.errors import counted
 
 
 class Command(BaseCommand):
@@ -34,7 +35,9 @@ class Command(BaseCommand):
         for source in counts.missing:
             self.stderr.write(self.style.WARNING(f"not found: {source}"))
         self.stdout.write(
-            self.style.SUCCESS(f"{counts.new} new, {counts.known} already known, {counts.ignored} ignored (not audio)")
+            self.style.SUCCESS(f"{counts.new} new, {counts.known} already known, {counts.ignored} ignored (extension not selected)")
         )
         if counts.missing and not counts.new and not counts.known:
             raise CommandError(f"none of the given paths exist: {', '.join(counts.missing)}")
+        if counts.missing:
+            raise CommandError(f"{counted(len(counts.missing), 'path')} not found; the files of the others are registered")
