@@ -40,7 +40,7 @@ from .models import AudioFile, PrepRun
 from .pipeline import worker_state
 from .pipeline.audio_io import check_decoder
 from .pipeline.config import WEBRTC_MODEL, PrepConfig
-from .pipeline.errors import EnvironmentCheckError, PrepError, counted, format_reason
+from .pipeline.errors import EnvironmentCheckError, PrepError, counted, format_duration, format_reason
 from .pipeline.process import PrepResult, PrepTask, process_audio_sync, process_batch_sync, remove_segment_files
 from .pipeline.vad.webrtc import check_webrtcvad
 from .pipeline.worker import initialize_worker
@@ -412,9 +412,9 @@ class PrepareAudio:
         summary.exit_code = self._exit_code(summary)
         self.summary = summary
         log.info(
-            "run {} {}: {} done, {} no speech, {} failed, {} skipped, {} released; {}, {:.3f} h speech, {:.1f} s",
+            "run {} {}: {} done, {} no speech, {} failed, {} skipped, {} released; {}, {} speech, {:.1f} s",
             run.pk, summary.status, summary.num_done, summary.num_no_speech, summary.num_failed, summary.num_skipped,
-            summary.num_released, counted(summary.num_segments, "segment"), summary.speech_seconds / 3600, summary.elapsed,
+            summary.num_released, counted(summary.num_segments, "segment"), format_duration(summary.speech_seconds), summary.elapsed,
         )
         logger.remove(sink_id)
 
@@ -794,7 +794,7 @@ class PrepareAudio:
             self._count(result, status)
             file_log = log.bind(audio_file_id=result.audio_file_id)
             if status == AudioFile.Status.DONE:
-                file_log.info("file {} done: {}, {:.2f} s speech of {:.2f} s, {:.3f} s", result.audio_file_id, counted(len(result.segments), "segment"),
+                file_log.info("file {} done: {}, {:.2f} s speech of {:.2f} s, took {:.3f} s", result.audio_file_id, counted(len(result.segments), "segment"),
                               sum(segment.duration for segment in result.segments), result.duration or 0.0, result.elapsed)
             elif status == AudioFile.Status.NO_SPEECH:
                 file_log.info("file {} no_speech: {:.2f} s decoded, no speech found", result.audio_file_id, result.duration or 0.0)

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from .models import AudioFile, FileResult, PrepRun, Segment
 from .pipeline.config import PrepConfig
-from .pipeline.errors import counted
+from .pipeline.errors import counted, format_duration
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_LOCK_NAME = ".manifest.lock"
@@ -61,8 +61,8 @@ class RunSummary:
             f"run {self.run_id} {self.status}: {counted(self.num_selected, 'file')}, {self.num_done} done, "
             f"{self.num_no_speech} no speech, {self.num_failed} failed, {self.num_skipped} skipped, "
             f"{self.num_released} released; "
-            f"{counted(self.num_segments, 'segment')}, {self.speech_seconds / 3600:.3f} h speech from "
-            f"{self.audio_seconds / 3600:.3f} h audio in {self.elapsed:.1f} s"
+            f"{counted(self.num_segments, 'segment')}, {format_duration(self.speech_seconds)} speech from "
+            f"{format_duration(self.audio_seconds)} audio in {self.elapsed:.1f} s"
         )
 
 

@@ -70,6 +70,15 @@ def format_reason(category: str, detail: str) -> str:
     return text
 
 
+def format_duration(seconds: float) -> str:
+    """Return a duration in the largest unit that keeps it at 1 or more: "42.0 s", "12.5 min", "1.760 h"."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.3f} h"
+
+
 def counted(count: int, noun: str) -> str:
     """Return `count` followed by `noun`, in the plural unless the count is 1: "1 segment", "3 segments"."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

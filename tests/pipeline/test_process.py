@@ -11,7 +11,7 @@ import pytest
 from audioprep.demo.synth import speech_signal, write_wav
 from audioprep.pipeline import errors
 from audioprep.pipeline.config import PrepConfig
-from audioprep.pipeline.errors import counted
+from audioprep.pipeline.errors import counted, format_duration
 from audioprep.pipeline.process import PrepTask, process_audio_sync, segment_path
 from tests.conftest import TWO_REGION_LAYOUT
 
@@ -150,3 +150,9 @@ def test_counted_uses_singular_for_one():
     assert counted(1, "segment") == "1 segment"
     assert counted(0, "segment") == "0 segments"
     assert counted(12, "file") == "12 files"
+
+
+def test_format_duration_picks_unit():
+    assert format_duration(42.04) == "42.0 s"
+    assert format_duration(750) == "12.5 min"
+    assert format_duration(6336) == "1.760 h"
