@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="Markdown file to write (default: %(default)s).")
     parser.add_argument("--workers", type=int, default=2, help="Worker processes of the product, and parallel ffmpeg processes of the floor (default: %(default)s).")
     parser.add_argument("--repeat", type=int, default=3, help="Repetitions of the fast measurements; the table shows medians (default: %(default)s).")
-    parser.add_argument("--repeat-slow", type=int, default=1, help="Repetitions of the 2-hour file, the 10,000 files and the pending rows (default: %(default)s).")
+    parser.add_argument("--repeat-slow", type=int, default=3, help="Repetitions of the 2-hour file, the 10,000 files and the pending rows (default: %(default)s).")
     parser.add_argument("--cases", default=",".join(ALL_CASES), help="Comma-separated subset of %(default)s.")
     parser.add_argument("--tiny-floor-files", type=int, default=1000, help="One-second files the floor converts; its files/s is measured on these (0: all).")
     parser.add_argument("--pending-rows", type=int, default=100_000, help="Pending rows for the start-up measurement (default: %(default)s).")
