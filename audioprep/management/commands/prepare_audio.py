@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 
 from django.core.management.base import BaseCommand, CommandError, SystemCheckError
 
@@ -44,7 +45,8 @@ class Command(BaseCommand):
             try:
                 self.check()
             except SystemCheckError as exc:
-                raise CommandError(f"the run could not start: {exc}", returncode=EXIT_NOT_STARTED) from exc
+                detail = str(exc).removeprefix("SystemCheckError: ")
+                self._fail(f"the run could not start: {detail}", EXIT_NOT_STARTED, exc)
         interactive_progress = self._called_from_command_line and self.stderr.isatty()
         try:
             summary = service.prepare(
@@ -54,7 +56,7 @@ class Command(BaseCommand):
                 progress_stream=self.stderr if interactive_progress else None,
             )
         except service.PrepareUsageError as exc:
-            raise CommandError(str(exc), returncode=EXIT_NOT_STARTED) from exc
+            self._fail(str(exc), EXIT_NOT_STARTED, exc, usage=True)
         if summary is None:
             return
         if summary.exit_code in (EXIT_SIGINT, EXIT_SIGTERM) and self._called_from_command_line:
@@ -63,4 +65,16 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if summary.exit_code != EXIT_OK and self._called_from_command_line:
-            raise CommandError(service.failure_message(summary), returncode=summary.exit_code)
+            self._fail(service.failure_message(summary), summary.exit_code)
+
+    def _fail(self, message: str, returncode: int, cause: BaseException | None = None, usage: bool = False) -> None:
+        """End the command with `message` and `returncode`; `usage` marks an invalid option or setting.
+
+        From the command line the message goes to stderr without Django's
+        "CommandError:" prefix, because an exit status of 1, 130 or 143 is an
+        outcome the user expects. Called from code, it raises CommandError.
+        """
+        if not self._called_from_command_line:
+            raise CommandError(message, returncode=returncode) from cause
+        self.stderr.write(f"error: {message}" if usage else message, style_func=self.style.ERROR)
+        sys.exit(returncode)
