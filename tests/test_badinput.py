@@ -534,46 +534,51 @@ def test_missing_and_irregular_files_fail_cleanly(badinput_dir, tmp_path, output
     check_baseline(output_dir)
 
 
-def test_unreadable_file_fails_as_unprivileged_user(badinput_dir, tmp_path, output_dir):
-    if connection.vendor != "postgresql":
-        pytest.skip("the unprivileged user needs a database it can write; this test runs on PostgreSQL")
-    # TODO: run as nobody against PostgreSQL, prepare_audio did not finish within
-    # 180 s; find where it waits before enabling this test.
-    pytest.skip("prepare_audio run as the user nobody does not finish yet; cause not found")
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the command as the user nobody")
-    import tempfile
+def _without_file_override() -> list[str]:
+    """Return the command prefix under which this user cannot read a mode 000 file.
+
+    Root reads every file through its CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+    capabilities, so setpriv starts the command without them, as the same user.
+    """
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("runs as root and needs setpriv to drop the file-override capabilities")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_unreadable_file_fails_with_reason(badinput_dir, tmp_path, output_dir):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    present = inputs / "present.wav"
+    locked = inputs / "locked.wav"
+    shutil.copyfile(badinput_dir / "BI-17" / "present.wav", present)
+    shutil.copyfile(present, locked)
+    locked.chmod(0o000)
+    import_audio(present, locked)
+    prefix = _without_file_override()
+    probe = subprocess.run([*prefix, sys.executable, "-c", f"open({str(locked)!r}, 'rb')"], capture_output=True, timeout=60)
+    if probe.returncode == 0:
+        pytest.skip("this user can still read a mode 000 file")
 
     from tests.conftest import database_url
 
-    shared = Path(tempfile.mkdtemp(prefix="audioprep-locked-", dir="/tmp"))
     try:
-        shared.chmod(0o755)
-        present = shared / "present.wav"
-        locked = shared / "locked.wav"
-        shutil.copyfile(badinput_dir / "BI-17" / "present.wav", present)
-        shutil.copyfile(present, locked)
-        present.chmod(0o644)
-        locked.chmod(0o000)
-        out_dir = shared / "output"
-        out_dir.mkdir()
-        out_dir.chmod(0o777)
-        import_audio(present, locked)
-
         completed = subprocess.run(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-             sys.executable, str(REPO_ROOT / "manage.py"), "prepare_audio", "--num_workers", "1", "--output_dir", str(out_dir)],
-            cwd=shared,
-            env={**os.environ, "DATABASE_URL": database_url(), "HOME": str(shared)},
+            [*prefix, sys.executable, str(REPO_ROOT / "manage.py"), "prepare_audio", "--num_workers", "1"],
+            cwd=REPO_ROOT,
+            env={**os.environ, "DATABASE_URL": database_url(), "AUDIOPREP_OUTPUT_DIR": str(output_dir)},
             capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
         )
-
-        assert completed.returncode == EXIT_FILES_FAILED, completed.stderr
-        assert row(locked).status == "failed"
-        assert row(locked).reason == "io: permission denied"
-        assert row(present).status == "done"
     finally:
-        shutil.rmtree(shared, ignore_errors=True)
+        locked.chmod(0o644)
+
+    assert completed.returncode == EXIT_FILES_FAILED, completed.stderr
+    assert row(locked).status == "failed"
+    assert row(locked).reason == "io: permission denied"
+    assert row(present).status == "done"
+    assert files_of(output_dir, row(locked).pk) == []
+    check_baseline(output_dir)
 
 
 def test_file_deleted_mid_run_fails(badinput_dir, tmp_path, output_dir, run_manage):
