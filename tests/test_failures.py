@@ -671,13 +671,13 @@ def test_killed_command_recovers_to_same_output(make_wav, tmp_path, output_dir, 
         assert AudioFile.objects.filter(status="processing").exists()
         killed_pk = PrepRun.objects.get(status="running").pk
         if trial == 0:
-            # Without --recover_stale the held files wait for their leases, and the run log says why.
+            # Without --recover_stale the claimed files wait for their leases, and the run log explains why.
             prepare("--num_workers", "2", "--output_dir", str(trial_dir))
             plain = PrepRun.objects.order_by("-pk").first()
             assert AudioFile.objects.filter(status="processing").exists()
             assert f"held by run {killed_pk}, whose process" in Path(plain.log_path).read_text(encoding="utf-8")
-            held = AudioFile.objects.filter(status="processing").count()
-            assert f"would prepare {held} of {held} pending or stale file" in prepare("--dry-run", "--recover_stale")
+            stale = AudioFile.objects.filter(status="processing").count()
+            assert f"would prepare {stale} of {stale} pending or stale file" in prepare("--dry-run", "--recover_stale")
 
         prepare("--num_workers", "2", "--recover_stale", "--output_dir", str(trial_dir))
 

@@ -17,7 +17,7 @@ def _send_then_die_holding_lock(log_queue) -> None:
     log_queue.close()
     log_queue.join_thread()
     # NOTE: `_wlock` is CPython's private writer lock of the queue. A record
-    # send holds it, so a kill during a send leaves it taken.
+    # send acquires it, so a kill during a send leaves it taken.
     log_queue._wlock.acquire()
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -38,7 +38,7 @@ def test_records_reach_the_parent_sinks(loguru_caplog):
     process.join(30)
     assert process.exitcode == -signal.SIGKILL
 
-    # The dead process holds the write lock; stopping must neither wait on
+    # The dead process still has the write lock. Stopping must neither wait on
     # it nor drop the record sent before.
     thread, outcome = _stop_in_thread(forwarder, timeout=5.0)
 

@@ -399,7 +399,7 @@ def apply_test_hook(task: PrepTask) -> None:
             os.abort()
         elif action == "kill_mid_log" and argument and argument in task.path:
             # NOTE: `_wlock` is CPython's private writer lock of a
-            # multiprocessing.Queue. A record send holds it while it writes.
+            # multiprocessing.Queue. A record send acquires it and releases it after the write.
             queue = log.worker_queue()
             if queue is not None and getattr(queue, "_wlock", None) is not None:
                 queue._wlock.acquire()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-# A process killed while it holds the table's lock never releases it. After
-# this wait the readers go on without the lock, so they never block forever.
+# A process killed while it has the table's lock never releases it. After
+# this many seconds the readers go on without the lock.
 LOCK_WAIT_SECONDS = 2.0
 
 _table = None
