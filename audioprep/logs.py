@@ -87,7 +87,9 @@ class WorkerLogForwarder:
             except (EOFError, OSError):
                 return
             except Exception as exc:  # the rest of a record cut short by a killed worker
-                logger.bind(run_id=self.run_id).warning("log records of a worker process were lost: {}: {}", type(exc).__name__, exc)
+                logger.bind(run_id=self.run_id).warning(
+                    "reading worker log records failed ({}: {}); the rest of this pool's records are lost", type(exc).__name__, exc
+                )
                 return
             extra = dict(item.get("extra") or {})
             extra.setdefault("run_id", self.run_id)

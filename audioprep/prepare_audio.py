@@ -583,7 +583,9 @@ class PrepareAudio:
         for index, forwarder in enumerate(self._log_forwarders):
             current = index == len(self._log_forwarders) - 1
             if not forwarder.stop(timeout=LOG_STOP_SECONDS if current else BROKEN_LOG_STOP_SECONDS):
-                log.warning("worker log records of pool {} of {} not read in time; its last records may be lost", index + 1, len(self._log_forwarders))
+                log.warning(
+                    "reading the log records of worker pool {} of {} timed out; its last records may be lost", index + 1, len(self._log_forwarders)
+                )
 
     def _pool_processes(self) -> list[multiprocessing.process.BaseProcess]:
         """Return the live worker processes of the current pool.

@@ -188,12 +188,12 @@ def other_claims_notes(current: PrepRun) -> list[tuple[str, str]]:
         if run is not None and run.host == host and not _process_alive(run.pid):
             notes.append((
                 "WARNING",
-                f"{files} held by run {run.pk}, whose process {run.pid} is gone; they return to pending when "
+                f"{files} claimed by run {run.pk}, whose process {run.pid} is gone; they return to pending when "
                 f"their leases expire ({until}), or now with --recover_stale",
             ))
         else:
             name = f"run {run.pk}" if run is not None else "a deleted run"
-            notes.append(("INFO", f"{files} held by {name}, which may still be preparing them; their leases expire at {until} unless renewed"))
+            notes.append(("INFO", f"{files} claimed by {name}, which may still be preparing them; their leases expire at {until} unless renewed"))
     return notes
 
 

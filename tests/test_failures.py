@@ -675,7 +675,7 @@ def test_killed_command_recovers_to_same_output(make_wav, tmp_path, output_dir, 
             prepare("--num_workers", "2", "--output_dir", str(trial_dir))
             plain = PrepRun.objects.order_by("-pk").first()
             assert AudioFile.objects.filter(status="processing").exists()
-            assert f"held by run {killed_pk}, whose process" in Path(plain.log_path).read_text(encoding="utf-8")
+            assert f"claimed by run {killed_pk}, whose process" in Path(plain.log_path).read_text(encoding="utf-8")
             stale = AudioFile.objects.filter(status="processing").count()
             assert f"would prepare {stale} of {stale} pending or stale file" in prepare("--dry-run", "--recover_stale")
 

@@ -30,7 +30,7 @@ def _stop_in_thread(forwarder: WorkerLogForwarder, timeout: float) -> tuple[thre
     return thread, outcome
 
 
-def test_records_reach_the_parent_sinks(loguru_caplog):
+def test_stop_ignores_dead_writer_lock(loguru_caplog):
     forwarder = WorkerLogForwarder(CONTEXT, run_id=7)
     forwarder.start()
     process = CONTEXT.Process(target=_send_then_die_holding_lock, args=(forwarder.queue,))
@@ -47,7 +47,7 @@ def test_records_reach_the_parent_sinks(loguru_caplog):
     assert "sent before the kill" in loguru_caplog.text
 
 
-def test_garbled_record_ends_forwarding_with_a_warning(loguru_caplog):
+def test_garbled_record_logs_warning(loguru_caplog):
     forwarder = WorkerLogForwarder(CONTEXT, run_id=7)
     forwarder.start()
     # NOTE: `_sem` and `_writer` are the queue's private item count and
@@ -60,10 +60,10 @@ def test_garbled_record_ends_forwarding_with_a_warning(loguru_caplog):
 
     assert not thread.is_alive()
     assert outcome == [True]
-    assert "log records of a worker process were lost: UnpicklingError" in loguru_caplog.text
+    assert "reading worker log records failed (UnpicklingError" in loguru_caplog.text
 
 
-def test_half_record_makes_stop_give_up_in_time():
+def test_half_record_stop_times_out():
     forwarder = WorkerLogForwarder(CONTEXT, run_id=7)
     forwarder.start()
     # A length header for 100 bytes followed by 10: the reader waits for the rest.

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PrepError
+from .faults import hook_items
 
 HEADER = struct.Struct("<cIQ")
 _MONO = b"M"
@@ -209,8 +210,7 @@ def _apply_test_hook(test_hook: str) -> None:
     The helper runs without Django settings, so it reads the hook from the
     AUDIOPREP_TEST_HOOK environment variable, which the worker passes on.
     """
-    for item in test_hook.split(","):
-        action, _, argument = item.strip().partition("=")
+    for action, argument in hook_items(test_hook):
         if action == "helper_pause":
             time.sleep(float(argument))
 

@@ -21,6 +21,7 @@ from . import log, worker_state
 from .audio_io import PcmStream, check_source, file_checksum, finalize_file, fsync_directory, write_wav_temporary
 from .config import OUTPUT_SAMPLE_RATE, PrepConfig
 from .errors import OutputError, PrepError, counted, format_reason
+from .faults import hook_items
 from .segment import Segmenter, Span, frame_levels_dbfs
 from .vad import FrameDetector, create_detector
 
@@ -367,14 +368,6 @@ def _test_hook_applied(task: PrepTask):
         yield
 
 
-def _hook_items(test_hook: str) -> list[tuple[str, str]]:
-    items = []
-    for item in test_hook.split(","):
-        action, _, argument = item.strip().partition("=")
-        items.append((action, argument))
-    return items
-
-
 def apply_test_hook(task: PrepTask) -> None:
     """Inject a fault before the file is processed, for failure tests.
 
@@ -382,7 +375,7 @@ def apply_test_hook(task: PrepTask) -> None:
     `sleep=SECONDS` delays every file; `kill=TEXT` sends SIGKILL to this
     process and `abort=TEXT` calls os.abort() when the source path contains
     TEXT (a simulated out-of-memory kill or native crash); `kill_mid_log=TEXT`
-    sends SIGKILL while this process holds the write lock of its log queue,
+    sends SIGKILL after this process has taken the write lock of its log queue,
     as a kill in the middle of sending a log record would; `vad_error=TEXT`
     makes webrtcvad raise on the third frame of such a file (see `_vad_fault`).
     `helper_pause=SECONDS` is read by the decoder helper process instead
@@ -390,7 +383,7 @@ def apply_test_hook(task: PrepTask) -> None:
     """
     import signal
 
-    for action, argument in _hook_items(task.test_hook):
+    for action, argument in hook_items(task.test_hook):
         if action == "sleep":
             time.sleep(float(argument))
         elif action == "kill" and argument and argument in task.path:
@@ -423,7 +416,7 @@ class _FailingVad:
 @contextlib.contextmanager
 def _vad_fault(task: PrepTask):
     """Swap webrtcvad.Vad for `_FailingVad` while a file named by `vad_error=TEXT` is processed."""
-    targets = [argument for action, argument in _hook_items(task.test_hook) if action == "vad_error" and argument]
+    targets = [argument for action, argument in hook_items(task.test_hook) if action == "vad_error" and argument]
     if not any(target in task.path for target in targets):
         yield
         return

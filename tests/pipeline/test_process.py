@@ -146,7 +146,7 @@ def test_process_in_forked_child_after_parent_use(tmp_path):
     assert len(result.segments) == 2
 
 
-def test_counted_uses_singular_for_one():
+def test_counted_singular_for_one():
     assert counted(1, "segment") == "1 segment"
     assert counted(0, "segment") == "0 segments"
     assert counted(12, "file") == "12 files"

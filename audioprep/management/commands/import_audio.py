@@ -40,4 +40,4 @@ class Command(BaseCommand):
         if counts.missing and not counts.new and not counts.known:
             raise CommandError(f"none of the given paths exist: {', '.join(counts.missing)}")
         if counts.missing:
-            raise CommandError(f"{counted(len(counts.missing), 'path')} not found; the files of the others are registered")
+            raise CommandError(f"{counted(len(counts.missing), 'path')} not found (listed above); the files under the other paths are registered")
